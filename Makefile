@@ -1,0 +1,40 @@
+# The README's commands. `make run` and `make test` work on a fresh machine
+# with Python 3.11+, RabbitMQ and Redis reachable (see .env.example).
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: setup run test lint unit services clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+## Run every worker process type of the Procfile (scale one: `make run ARGS="-c reports=3"`).
+run: setup
+	$(BIN)/honcho start $(ARGS)
+
+## Lint, type-check, then the whole suite against real RabbitMQ, Redis and worker processes.
+test: setup lint
+	$(BIN)/pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+## Pure unit tests only (no services needed).
+unit: setup
+	$(BIN)/pytest tests/unit
+
+## Start local RabbitMQ and Redis if they are not running (as CI does).
+services:
+	bash .ci/services
+
+clean:
+	rm -rf $(VENV) *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,73 @@
+"""Build the Dramatiq broker, result backend and middleware stack from Settings.
+
+Workers and producers use the same builder, so both sides agree on queues,
+confirms, results and (later) tracing.
+
+>>> broker = build_broker(load_settings())
+>>> broker.confirm_delivery
+True
+"""
+
+from __future__ import annotations
+
+import dramatiq
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.middleware import (
+    AgeLimit,
+    Callbacks,
+    CurrentMessage,
+    Pipelines,
+    Retries,
+    ShutdownNotifications,
+    TimeLimit,
+)
+from dramatiq.results import Results
+
+from observability.task_logging import TaskLogging
+from shared.results import RedisResultBackend
+from shared.settings import Settings
+from shared.worker_signals import CoalesceTermSignals
+
+
+def build_result_backend(settings: Settings) -> RedisResultBackend:
+    """The Redis result backend at REDIS_URL."""
+    return RedisResultBackend(url=settings.redis_url)
+
+
+def build_broker(settings: Settings) -> RabbitmqBroker:
+    """A RabbitmqBroker at RABBITMQ_URL with greenroom's middleware stack.
+
+    Order matters: TaskLogging comes first so that its after-hooks run last,
+    once Retries has decided whether a failed message retries or dies.
+    """
+    middleware = [
+        TaskLogging(),
+        CoalesceTermSignals(),
+        AgeLimit(),
+        TimeLimit(time_limit=int(settings.TASK_TIME_LIMIT_SECONDS * 1000)),
+        ShutdownNotifications(),
+        Callbacks(),
+        Pipelines(),
+        Retries(
+            max_retries=settings.TASK_MAX_RETRIES,
+            min_backoff=int(settings.TASK_MIN_BACKOFF_SECONDS * 1000),
+            max_backoff=int(settings.TASK_MAX_BACKOFF_SECONDS * 1000),
+        ),
+        CurrentMessage(),
+        Results(
+            backend=build_result_backend(settings),
+            result_ttl=settings.RESULT_TTL_SECONDS * 1000,
+        ),
+    ]
+    return RabbitmqBroker(
+        url=settings.rabbitmq_url,
+        confirm_delivery=settings.BROKER_CONFIRM_DELIVERY,
+        middleware=middleware,
+    )
+
+
+def install_broker(settings: Settings) -> RabbitmqBroker:
+    """Build the broker and make it Dramatiq's global one (worker processes)."""
+    broker = build_broker(settings)
+    dramatiq.set_broker(broker)
+    return broker

@@ -1,0 +1,293 @@
+"""The ``greenroom`` command.
+
+Exit codes: 0 success, 1 the operation failed (a service is down, a task
+failed, a result timed out), 2 bad usage or bad settings (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from shared.errors import GreenroomError, InvalidTaskArguments, UnknownTask
+from shared.logging import configure_logging
+from shared.settings import Settings, SettingsError, load_settings, redact_url
+
+logger = logging.getLogger("greenroom")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+#: Seconds a `greenroom check` waits for each service.
+CHECK_TIMEOUT_SECONDS = 5.0
+
+#: The broker Dramatiq's CLI loads in worker processes: importing ``workers`` builds it.
+WORKER_BROKER = "workers:broker"
+
+
+def _command(subparsers: Any, name: str, summary: str, example: str) -> argparse.ArgumentParser:
+    return subparsers.add_parser(  # type: ignore[no-any-return]
+        name,
+        help=summary,
+        description=summary,
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="greenroom",
+        description="greenroom: an observable Dramatiq worker platform.",
+        epilog="Settings come from the environment and .env; see `greenroom config`.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    worker = _command(
+        commands,
+        "worker",
+        "Run Dramatiq worker processes configured from the settings (SIGTERM stops them gracefully).",
+        "greenroom worker --queues reports --processes 2 --threads 2",
+    )
+    worker.add_argument(
+        "--queues", "-Q", nargs="+", metavar="Q", help="queues to consume (default: WORKER_QUEUES, else all)"
+    )
+    worker.add_argument(
+        "--processes", "-p", type=_positive_int, help="worker processes (default: WORKER_PROCESSES)"
+    )
+    worker.add_argument(
+        "--threads", "-t", type=_positive_int, help="threads per process (default: WORKER_THREADS)"
+    )
+    worker.set_defaults(run=run_worker)
+
+    send = _command(
+        commands,
+        "send",
+        "Validate and send one task; print its message id (or, with --wait, its result as JSON).",
+        """greenroom send echo --kwargs '{"payload": {"x": 1}}' --wait --timeout 5""",
+    )
+    send.add_argument("task", help="task name, e.g. echo or reports.build")
+    send.add_argument(
+        "--kwargs", type=_json_object, default={}, metavar="JSON", help="keyword arguments as a JSON object"
+    )
+    send.add_argument("--wait", action="store_true", help="wait for the result and print it as JSON")
+    send.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=10.0,
+        metavar="S",
+        help="seconds to wait with --wait (default: 10)",
+    )
+    send.set_defaults(run=run_send)
+
+    config = _command(
+        commands,
+        "config",
+        "Print the effective settings as JSON, secrets redacted.",
+        "RABBITMQ_URL=amqp://app:pw@rabbit:5672/%%2F greenroom config",
+    )
+    config.set_defaults(run=run_config)
+
+    check = _command(
+        commands,
+        "check",
+        "Check that RabbitMQ and Redis answer (one line per service); --roundtrip also runs an echo task.",
+        "greenroom check --roundtrip",
+    )
+    check.add_argument("--roundtrip", action="store_true", help="also send `echo` and wait for its result")
+    check.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=10.0,
+        metavar="S",
+        help="seconds to wait for the round trip (default: 10)",
+    )
+    check.set_defaults(run=run_check)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``greenroom`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except SettingsError as error:
+        print(f"greenroom: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    configure_logging(level=settings.LOG_LEVEL, fmt=settings.LOG_FORMAT)
+    run: Callable[[argparse.Namespace, Settings], int] = args.run
+    return run(args, settings)
+
+
+# greenroom worker -------------------------------------------------------------------
+
+
+def run_worker(args: argparse.Namespace, settings: Settings) -> int:
+    """Run Dramatiq's own CLI in this process, so signals reach its master directly."""
+    import dramatiq.cli  # imported here: only this command needs it
+
+    queues = args.queues or settings.WORKER_QUEUES
+    dramatiq_argv = [
+        WORKER_BROKER,
+        "--processes", str(args.processes or settings.WORKER_PROCESSES),
+        "--threads", str(args.threads or settings.WORKER_THREADS),
+        "--worker-shutdown-timeout", str(int(settings.WORKER_SHUTDOWN_TIMEOUT_SECONDS * 1000)),
+        "--skip-logging",
+    ]  # fmt: skip
+    if queues:
+        dramatiq_argv += ["--queues", *queues]
+    dramatiq_args = dramatiq.cli.make_argument_parser().parse_args(dramatiq_argv)
+    logger.info(
+        "greenroom worker starting",
+        extra={
+            "processes": dramatiq_args.processes,
+            "threads": dramatiq_args.threads,
+            "queues": queues or "all",
+            "shutdown_timeout_seconds": settings.WORKER_SHUTDOWN_TIMEOUT_SECONDS,
+        },
+    )
+    # Dramatiq's master writes its children's log lines to sys.stderr; logs belong on stdout.
+    sys.stderr = sys.stdout
+    exit_code: int = dramatiq.cli.main(dramatiq_args)
+    logger.info("greenroom worker stopped", extra={"exit_code": exit_code})
+    return exit_code
+
+
+# greenroom send ---------------------------------------------------------------------
+
+
+def run_send(args: argparse.Namespace, settings: Settings) -> int:
+    """Send one task; with --wait print its result as JSON."""
+    from shared.producer import Producer
+
+    producer = Producer(settings)
+    try:
+        handle = producer.send(args.task, **args.kwargs)
+        if not args.wait:
+            print(handle.message_id)
+            return EXIT_OK
+        print(json.dumps(handle.result(timeout=args.timeout)))
+        return EXIT_OK
+    except (UnknownTask, InvalidTaskArguments) as error:
+        print(f"greenroom: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except GreenroomError as error:
+        print(f"greenroom: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        producer.close()
+
+
+# greenroom config -------------------------------------------------------------------
+
+
+def run_config(args: argparse.Namespace, settings: Settings) -> int:
+    """Print the effective settings, secrets redacted."""
+    print(json.dumps(settings.public_dict(), indent=2, sort_keys=True))
+    return EXIT_OK
+
+
+# greenroom check --------------------------------------------------------------------
+
+
+def run_check(args: argparse.Namespace, settings: Settings) -> int:
+    """One line per service: `rabbitmq ok ...` or `rabbitmq FAILED ...`; exit 1 if any failed."""
+    checks: list[tuple[str, str, Callable[[Settings], str]]] = [
+        ("rabbitmq", redact_url(settings.rabbitmq_url), _check_rabbitmq),
+        ("redis", redact_url(settings.redis_url), _check_redis),
+    ]
+    healthy = True
+    for name, where, check in checks:
+        try:
+            detail = check(settings)
+            print(f"{name} ok {where} ({detail})")
+        except Exception as error:  # any failure is the answer we report
+            healthy = False
+            print(f"{name} FAILED {where}: {type(error).__name__}: {error}")
+    if healthy and args.roundtrip:
+        healthy = _check_roundtrip(settings, args.timeout)
+    return EXIT_OK if healthy else EXIT_FAILED
+
+
+def _check_rabbitmq(settings: Settings) -> str:
+    import pika
+
+    parameters = pika.URLParameters(settings.rabbitmq_url)
+    parameters.socket_timeout = CHECK_TIMEOUT_SECONDS
+    parameters.blocked_connection_timeout = CHECK_TIMEOUT_SECONDS
+    parameters.connection_attempts = 1
+    connection = pika.BlockingConnection(parameters)
+    try:
+        properties = connection._impl.server_properties
+        version = properties.get("version", b"?")
+        return f"RabbitMQ {version.decode() if isinstance(version, bytes) else version}"
+    finally:
+        connection.close()
+
+
+def _check_redis(settings: Settings) -> str:
+    import redis
+
+    client = redis.Redis.from_url(
+        settings.redis_url, socket_timeout=CHECK_TIMEOUT_SECONDS, socket_connect_timeout=CHECK_TIMEOUT_SECONDS
+    )
+    try:
+        client.ping()
+        return f"Redis {client.info('server').get('redis_version', '?')}"
+    finally:
+        client.close()
+
+
+def _check_roundtrip(settings: Settings, timeout: float) -> bool:
+    from shared.producer import Producer
+
+    token = uuid.uuid4().hex
+    producer = Producer(settings)
+    try:
+        handle = producer.send("echo", payload=token)
+        echoed = handle.result(timeout=timeout)
+    except GreenroomError as error:
+        print(f"roundtrip FAILED: {error}")
+        return False
+    finally:
+        producer.close()
+    if echoed != token:
+        print(f"roundtrip FAILED: echo returned {echoed!r}, expected {token!r}")
+        return False
+    print(f"roundtrip ok (message {handle.message_id})")
+    return True
+
+
+# argument types ---------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
+    return value
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"payload\": 1}'")
+    return value
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""Send tasks by name from any service, without importing worker code.
+
+>>> from shared.producer import send, send_many, result_of
+>>> handle = send("echo", payload={"x": 1})
+>>> handle.result(timeout=5)
+{'x': 1}
+>>> handles = send_many("echo", [{"payload": i} for i in range(3)])
+>>> [h.result(timeout=5) for h in handles]
+[0, 1, 2]
+>>> result_of("echo", handle.message_id, timeout=5)   # when only the id was kept
+{'x': 1}
+
+Arguments are validated against the task's contract first: a bad argument or
+an unknown task name raises and publishes nothing. With publisher confirms on
+(BROKER_CONFIRM_DELIVERY, the default) ``send`` returning means RabbitMQ has
+the message.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import dramatiq
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.errors import BrokerConnectionError
+from dramatiq.results import ResultFailure
+from dramatiq.results import ResultTimeout as DramatiqResultTimeout
+
+from shared.broker import build_broker, build_result_backend
+from shared.errors import GreenroomError, PublishError, ResultTimeout, TaskFailed
+from shared.results import RedisResultBackend
+from shared.settings import Settings, get_settings
+from shared.tasks import TaskContract, get_task
+
+#: How long TaskHandle.result() waits when no timeout is given, in seconds.
+DEFAULT_RESULT_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class TaskHandle:
+    """A sent task: its message id, and a way to wait for its result."""
+
+    task: str
+    message_id: str
+    producer: Producer
+
+    def result(self, timeout: float = DEFAULT_RESULT_TIMEOUT) -> Any:
+        """Wait up to ``timeout`` seconds for the task's return value.
+
+        Raises TaskFailed if the task finally failed, ResultTimeout if nothing
+        arrived in time.
+
+        >>> send("echo", payload="hi").result(timeout=0.5)
+        'hi'
+        """
+        return self.producer.result_of(self.task, self.message_id, timeout=timeout)
+
+
+class Producer:
+    """Publishes tasks to RabbitMQ and reads their results from Redis.
+
+    Thread-safe: each thread gets its own RabbitMQ channel.
+
+    >>> producer = Producer(load_settings())
+    >>> producer.send("echo", payload=1).result()
+    1
+    >>> producer.close()
+    """
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or get_settings()
+        self.broker: RabbitmqBroker = build_broker(self.settings)
+        self.backend: RedisResultBackend = build_result_backend(self.settings)
+
+    def send(self, task: str, /, **kwargs: Any) -> TaskHandle:
+        """Validate ``kwargs`` against the contract of ``task`` and publish it.
+
+        >>> producer.send("reports.build", report_id="q3", rows=10_000).message_id
+        '0c1f5a3e-...'
+        """
+        contract = get_task(task)
+        message = self._message(contract, kwargs)
+        self._publish(message)
+        return TaskHandle(contract.name, message.message_id, self)
+
+    def send_many(self, task: str, many_kwargs: Iterable[Mapping[str, Any]]) -> list[TaskHandle]:
+        """Validate every item first, then publish them all; handles come back in order.
+
+        If one item is invalid, nothing is published.
+
+        >>> [h.message_id for h in producer.send_many("echo", [{"payload": 1}, {"payload": 2}])]
+        ['6b8e...', 'a41c...']
+        """
+        contract = get_task(task)
+        messages = [self._message(contract, kwargs) for kwargs in many_kwargs]
+        for message in messages:
+            self._publish(message)
+        return [TaskHandle(contract.name, m.message_id, self) for m in messages]
+
+    def result_of(self, task: str, message_id: str, *, timeout: float = DEFAULT_RESULT_TIMEOUT) -> Any:
+        """Wait up to ``timeout`` seconds for the result of a message sent earlier.
+
+        >>> producer.result_of("echo", "6b8e...", timeout=2.5)
+        1
+        """
+        contract = get_task(task)
+        if not contract.store_results:
+            raise GreenroomError(f"task {contract.name!r} does not store results")
+        key_message: dramatiq.Message[Any] = dramatiq.Message(
+            queue_name=contract.queue,
+            actor_name=contract.name,
+            args=(),
+            kwargs={},
+            options={},
+            message_id=message_id,
+        )
+        try:
+            return self.backend.get_result(key_message, block=True, timeout=int(timeout * 1000))
+        except DramatiqResultTimeout:
+            raise ResultTimeout(contract.name, message_id, timeout) from None
+        except ResultFailure as failure:
+            raise TaskFailed(contract.name, message_id, failure.orig_exc_type, failure.orig_exc_msg) from None
+
+    def close(self) -> None:
+        """Close RabbitMQ connections and the Redis connection pool."""
+        self.broker.close()
+        self.backend.client.close()
+
+    @staticmethod
+    def _message(contract: TaskContract, kwargs: Mapping[str, Any]) -> dramatiq.Message[Any]:
+        return dramatiq.Message(
+            queue_name=contract.queue,
+            actor_name=contract.name,
+            args=(),
+            kwargs=contract.validate(kwargs),
+            options={},
+        )
+
+    def _publish(self, message: dramatiq.Message[Any]) -> None:
+        try:
+            self.broker.enqueue(message)
+        except BrokerConnectionError as error:
+            raise PublishError(f"could not publish message {message.message_id}: {error}") from None
+
+
+_default_producer: Producer | None = None
+_default_lock = threading.Lock()
+
+
+def default_producer() -> Producer:
+    """The process-wide Producer, created on first use from the environment."""
+    global _default_producer
+    with _default_lock:
+        if _default_producer is None:
+            _default_producer = Producer()
+        return _default_producer
+
+
+def send(task: str, /, **kwargs: Any) -> TaskHandle:
+    """Publish one task with the default producer. See :meth:`Producer.send`.
+
+    >>> send("echo", payload={"x": 1}).result(timeout=5)
+    {'x': 1}
+    """
+    return default_producer().send(task, **kwargs)
+
+
+def send_many(task: str, many_kwargs: Iterable[Mapping[str, Any]]) -> list[TaskHandle]:
+    """Publish a batch with the default producer. See :meth:`Producer.send_many`.
+
+    >>> handles = send_many("echo", [{"payload": i} for i in range(100)])
+    """
+    return default_producer().send_many(task, many_kwargs)
+
+
+def result_of(task: str, message_id: str, *, timeout: float = DEFAULT_RESULT_TIMEOUT) -> Any:
+    """Wait for the result of a message sent earlier. See :meth:`Producer.result_of`.
+
+    >>> result_of("echo", "6b8e9d4a-...", timeout=5)
+    {'x': 1}
+    """
+    return default_producer().result_of(task, message_id, timeout=timeout)

@@ -1,0 +1,197 @@
+"""The one place greenroom reads its configuration from.
+
+Every process (workers, producers, the CLI) builds a :class:`Settings` from the
+environment and an optional ``.env`` file in the working directory; real
+environment variables win over ``.env``. Field names are the variable names.
+
+>>> settings = load_settings()
+>>> settings.WORKER_THREADS
+8
+
+A bad value raises :class:`SettingsError` whose text is one line naming the
+variable; the CLI prints it and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+#: What a password inside a URL is replaced with wherever a URL is shown.
+REDACTED = "***"
+
+_QUEUE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9._-]*")  # as Dramatiq checks it
+_SECRET_FIELDS = frozenset({"RABBITMQ_URL", "REDIS_URL"})
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_LOG_FORMATS = ("json", "console")
+
+
+class SettingsError(Exception):
+    """The environment holds a value greenroom cannot run with (one line of text)."""
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with its password replaced, safe for logs and output.
+
+    >>> redact_url("amqp://app:s3cret@rabbit:5672/%2F")
+    'amqp://app:***@rabbit:5672/%2F'
+    """
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    userinfo = f"{parts.username}:{REDACTED}" if parts.username else f":{REDACTED}"
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@{netloc}"))
+
+
+def _check_url(value: SecretStr, schemes: tuple[str, ...]) -> SecretStr:
+    url = value.get_secret_value()
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError on a non-numeric or out-of-range port
+    except ValueError as error:
+        raise ValueError(f"not a valid URL ({error})") from None
+    if parts.scheme not in schemes:
+        raise ValueError(f"scheme must be one of {', '.join(s + '://' for s in schemes)}")
+    if not parts.hostname:
+        raise ValueError("URL has no host")
+    del port
+    return value
+
+
+class Settings(BaseSettings):
+    """greenroom's configuration, read from the environment (and ``.env``).
+
+    Durations are in seconds. Secrets (the URLs, which may carry passwords) are
+    ``SecretStr``: ``repr()`` and :meth:`public_dict` never show them.
+    """
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_ignore_empty=True,
+        extra="ignore",
+        case_sensitive=True,
+        validate_default=True,
+    )
+
+    # Backing services ---------------------------------------------------------
+    RABBITMQ_URL: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/%2F")
+    REDIS_URL: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    BROKER_CONFIRM_DELIVERY: bool = True
+    RESULT_TTL_SECONDS: int = Field(default=3600, gt=0)
+
+    # Worker processes -----------------------------------------------------------
+    WORKER_PROCESSES: int = Field(default=2, ge=1, le=256)
+    WORKER_THREADS: int = Field(default=8, ge=1, le=1024)
+    WORKER_QUEUES: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    WORKER_SHUTDOWN_TIMEOUT_SECONDS: float = Field(default=25.0, gt=0, le=3600)
+
+    # Task defaults (a task contract may override them) -------------------------
+    TASK_MAX_RETRIES: int = Field(default=3, ge=0, le=100)
+    TASK_TIME_LIMIT_SECONDS: float = Field(default=300.0, gt=0)
+    TASK_MIN_BACKOFF_SECONDS: float = Field(default=1.0, gt=0)
+    TASK_MAX_BACKOFF_SECONDS: float = Field(default=300.0, gt=0)
+
+    # Logs -----------------------------------------------------------------------
+    LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    LOG_FORMAT: Literal["json", "console"] = "json"
+
+    # Metrics and health server ------------------------------------------------
+    METRICS_HOST: str = "127.0.0.1"
+    METRICS_PORT: int | None = Field(default=None, ge=1, le=65535)
+    PORT: int | None = Field(default=None, ge=1, le=65535)
+
+    @field_validator("RABBITMQ_URL")
+    @classmethod
+    def _rabbitmq_url(cls, value: SecretStr) -> SecretStr:
+        return _check_url(value, ("amqp", "amqps"))
+
+    @field_validator("REDIS_URL")
+    @classmethod
+    def _redis_url(cls, value: SecretStr) -> SecretStr:
+        return _check_url(value, ("redis", "rediss"))
+
+    @field_validator("LOG_LEVEL", mode="before")
+    @classmethod
+    def _upper_case_level(cls, value: Any) -> Any:
+        # Known names in any case; anything else fails below with the raw value shown.
+        known = isinstance(value, str) and value.upper() in _LOG_LEVELS
+        return value.upper() if known else value
+
+    @field_validator("LOG_FORMAT", mode="before")
+    @classmethod
+    def _lower_case_format(cls, value: Any) -> Any:
+        known = isinstance(value, str) and value.lower() in _LOG_FORMATS
+        return value.lower() if known else value
+
+    @field_validator("WORKER_QUEUES", mode="before")
+    @classmethod
+    def _split_queues(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [name.strip() for name in value.split(",") if name.strip()]
+        for name in value:
+            if not _QUEUE_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a valid queue name")
+        return value
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> Settings:
+        if self.TASK_MIN_BACKOFF_SECONDS > self.TASK_MAX_BACKOFF_SECONDS:
+            raise ValueError("TASK_MIN_BACKOFF_SECONDS must not exceed TASK_MAX_BACKOFF_SECONDS")
+        return self
+
+    # Derived values ---------------------------------------------------------------
+    @property
+    def metrics_port(self) -> int:
+        """METRICS_PORT, else $PORT (set per process by Procfile runners), else 9300."""
+        return self.METRICS_PORT or self.PORT or 9300
+
+    @property
+    def rabbitmq_url(self) -> str:
+        return self.RABBITMQ_URL.get_secret_value()
+
+    @property
+    def redis_url(self) -> str:
+        return self.REDIS_URL.get_secret_value()
+
+    def public_dict(self) -> dict[str, Any]:
+        """The effective settings with secrets redacted, for `greenroom config`."""
+        shown = self.model_dump(mode="json")
+        shown["RABBITMQ_URL"] = redact_url(self.rabbitmq_url)
+        shown["REDIS_URL"] = redact_url(self.redis_url)
+        shown["METRICS_PORT"] = self.metrics_port
+        return shown
+
+
+def _describe(error: ErrorDetails) -> str:
+    name = ".".join(str(part) for part in error["loc"]) or "settings"
+    reason = str(error["msg"]).removeprefix("Value error, ")
+    if name in _SECRET_FIELDS or not error["loc"]:
+        return f"{name}: {reason}"
+    return f"{name}={error['input']!r}: {reason}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings from the environment, raising SettingsError on a bad value.
+
+    >>> load_settings(WORKER_THREADS=4).WORKER_THREADS
+    4
+    """
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        problems = "; ".join(_describe(e) for e in error.errors(include_url=False))
+        raise SettingsError(f"invalid setting {problems}") from None
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, loaded once (use load_settings() in tests)."""
+    return load_settings()

@@ -1,0 +1,124 @@
+"""Fixtures for real RabbitMQ and Redis.
+
+Each test session gets its own RabbitMQ virtual host (created with rabbitmqctl,
+deleted afterwards) and its own Redis database index, cleaned of greenroom's
+keys afterwards, so tests never touch a running platform's queues or results.
+A missing service fails the tests loudly; nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pika
+import pytest
+import redis
+
+from shared.producer import Producer
+from shared.results import RESULTS_NAMESPACE
+from shared.settings import Settings, load_settings
+
+RABBITMQ_HOST = os.environ.get("GREENROOM_TEST_RABBITMQ", "127.0.0.1:5672")
+REDIS_TEST_URL = os.environ.get("GREENROOM_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> Iterator[str]:
+    """amqp URL of a fresh virtual host on the machine's RabbitMQ."""
+    try:
+        pika.BlockingConnection(pika.URLParameters(f"amqp://guest:guest@{RABBITMQ_HOST}/%2F")).close()
+    except Exception as error:
+        pytest.fail(
+            f"RabbitMQ is not reachable at {RABBITMQ_HOST}: {error!r} (start it: rabbitmq-server -detached)"
+        )
+    vhost = f"greenroom-test-{uuid.uuid4().hex[:8]}"
+    _rabbitmqctl("add_vhost", vhost)
+    _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    try:
+        yield f"amqp://guest:guest@{RABBITMQ_HOST}/{vhost}"
+    finally:
+        _rabbitmqctl("delete_vhost", vhost)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """URL of a Redis database index that tests may write greenroom results to."""
+    client = redis.Redis.from_url(REDIS_TEST_URL)
+    try:
+        client.ping()
+    except redis.RedisError as error:
+        pytest.fail(f"Redis is not reachable at {REDIS_TEST_URL}: {error!r}")
+    try:
+        yield REDIS_TEST_URL
+    finally:
+        keys = list(client.scan_iter(f"{RESULTS_NAMESPACE}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+@pytest.fixture
+def clean_queues(rabbitmq_url: str) -> Iterator[None]:
+    """Purge the test vhost's queues before and after a test."""
+    _purge_all(rabbitmq_url)
+    yield
+    _purge_all(rabbitmq_url)
+
+
+def _purge_all(rabbitmq_url: str) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
+    try:
+        for queue in ("default", "reports"):
+            for name in (queue, f"{queue}.DQ", f"{queue}.XQ"):
+                channel = connection.channel()
+                try:
+                    channel.queue_purge(name)
+                    channel.close()
+                except pika.exceptions.ChannelClosedByBroker:
+                    pass  # the queue does not exist yet
+    finally:
+        connection.close()
+
+
+@pytest.fixture
+def service_env(rabbitmq_url: str, redis_url: str) -> dict[str, str]:
+    """Environment for greenroom subprocesses: the test services, nothing from the caller's config."""
+    env = {key: value for key, value in os.environ.items() if not _is_greenroom_setting(key)}
+    env.update(
+        RABBITMQ_URL=rabbitmq_url,
+        REDIS_URL=redis_url,
+        LOG_LEVEL="INFO",
+        WORKER_SHUTDOWN_TIMEOUT_SECONDS="10",
+        TASK_MIN_BACKOFF_SECONDS="0.1",
+    )
+    return env
+
+
+def _is_greenroom_setting(key: str) -> bool:
+    return key in Settings.model_fields
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """A working directory without a .env file, for subprocesses."""
+    return tmp_path
+
+
+@pytest.fixture
+def settings(rabbitmq_url: str, redis_url: str) -> Settings:
+    return load_settings(_env_file=None, RABBITMQ_URL=rabbitmq_url, REDIS_URL=redis_url)
+
+
+@pytest.fixture
+def producer(settings: Settings, clean_queues: None) -> Iterator[Producer]:
+    producer = Producer(settings)
+    yield producer
+    producer.close()

@@ -1,0 +1,162 @@
+"""Helpers for tests that run real services and real `greenroom worker` processes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+GREENROOM = str(Path(sys.executable).with_name("greenroom"))
+
+READY_LINE = "Worker process is ready for action."
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
+    """Poll ``predicate`` until it is true; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Process:
+    """A child process whose stdout lines are collected as they arrive."""
+
+    def __init__(self, argv: Sequence[str], env: Mapping[str, str], cwd: Path) -> None:
+        self.argv = list(argv)
+        self.lines: list[str] = []
+        self._lock = threading.Lock()
+        self.popen = subprocess.Popen(
+            self.argv,
+            env=dict(env),
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+            start_new_session=True,  # so teardown can kill the whole tree
+        )
+        self.stderr_lines: list[str] = []
+        self._readers = [
+            threading.Thread(target=self._read, args=(self.popen.stdout, self.lines), daemon=True),
+            threading.Thread(target=self._read, args=(self.popen.stderr, self.stderr_lines), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _read(self, stream: Any, into: list[str]) -> None:
+        for line in stream:
+            with self._lock:
+                into.append(line.rstrip("\n"))
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def snapshot(self) -> list[str]:
+        with self._lock:
+            return list(self.lines)
+
+    def count(self, needle: str) -> int:
+        return sum(needle in line for line in self.snapshot())
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        self.popen.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        code = self.popen.wait(timeout=timeout)
+        for reader in self._readers:
+            reader.join(timeout=5)
+        return code
+
+    def stop(self) -> None:
+        """Make sure the process and its children are gone (test teardown)."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+        _kill_group(self.popen.pid)
+        self.popen.wait(timeout=10)
+        for reader in self._readers:
+            reader.join(timeout=5)
+        for stream in (self.popen.stdout, self.popen.stderr):
+            if stream is not None:
+                stream.close()
+
+    def json_lines(self) -> list[dict[str, Any]]:
+        """Every stdout line parsed as JSON (fails on the first line that is not)."""
+        parsed = []
+        for number, line in enumerate(self.snapshot(), 1):
+            try:
+                parsed.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise AssertionError(f"stdout line {number} is not JSON: {line!r}") from error
+        return parsed
+
+    def output(self) -> str:
+        return "\n".join([*self.snapshot(), "--- stderr ---", *self.stderr_lines])
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+class Worker(Process):
+    """A real `greenroom worker` process."""
+
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        cwd: Path,
+        *,
+        processes: int = 2,
+        threads: int = 4,
+        queues: Sequence[str] = (),
+    ) -> None:
+        argv = [GREENROOM, "worker", "--processes", str(processes), "--threads", str(threads)]
+        if queues:
+            argv += ["--queues", *queues]
+        self.processes = processes
+        super().__init__(argv, env, cwd)
+
+    def wait_ready(self, timeout: float = 30) -> Worker:
+        wait_for(
+            lambda: self.count(READY_LINE) >= self.processes or self.popen.poll() is not None,
+            timeout,
+            f"{self.processes} worker processes to be ready",
+        )
+        assert self.popen.poll() is None, f"worker exited early:\n{self.output()}"
+        return self
+
+    def task_events(self) -> list[dict[str, Any]]:
+        return [line for line in self.json_lines() if line.get("logger") == "greenroom.task"]
+
+    def wait_for_task_events(self, count: int, timeout: float = 10) -> list[dict[str, Any]]:
+        """The per-task log lines, once at least ``count`` of them have arrived.
+
+        A result reaches Redis a moment before the worker's log line for it.
+        """
+        wait_for(lambda: len(self.task_events()) >= count, timeout, f"{count} task log lines")
+        return self.task_events()
+
+
+def run_cli(
+    args: Sequence[str], env: Mapping[str, str], cwd: Path, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run the `greenroom` command to completion."""
+    return subprocess.run(
+        [GREENROOM, *args], env=dict(env), cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )

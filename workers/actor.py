@@ -1,0 +1,62 @@
+"""Turn a function into the Dramatiq actor that implements a task contract.
+
+>>> @implements(ECHO)
+... def echo(arguments: EchoArguments) -> JsonValue:
+...     return arguments.payload
+
+The actor takes its name, queue and options from the contract (falling back to
+the TASK_* settings), re-validates every message's arguments, and rejects a
+message that breaks the contract without retrying it: it goes straight to the
+dead-letter queue with a log line saying why.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import dramatiq
+
+from shared.errors import InvalidTaskArguments
+from shared.settings import Settings, get_settings
+from shared.tasks import TaskArguments, TaskContract
+
+ArgumentsT = TypeVar("ArgumentsT", bound=TaskArguments)
+
+
+def actor_options(contract: TaskContract, settings: Settings) -> dict[str, Any]:
+    """Dramatiq actor options for ``contract`` (durations in milliseconds)."""
+
+    def ms(seconds: float) -> int:
+        return int(seconds * 1000)
+
+    max_retries = settings.TASK_MAX_RETRIES if contract.max_retries is None else contract.max_retries
+    return {
+        "max_retries": max_retries,
+        "time_limit": ms(contract.time_limit_seconds or settings.TASK_TIME_LIMIT_SECONDS),
+        "min_backoff": ms(contract.min_backoff_seconds or settings.TASK_MIN_BACKOFF_SECONDS),
+        "max_backoff": ms(settings.TASK_MAX_BACKOFF_SECONDS),
+        "store_results": contract.store_results,
+        "result_ttl": settings.RESULT_TTL_SECONDS * 1000,
+        "throws": (InvalidTaskArguments,),
+    }
+
+
+def implements(
+    contract: TaskContract, *, settings: Settings | None = None
+) -> Callable[[Callable[[ArgumentsT], Any]], dramatiq.Actor[..., Any]]:
+    """Declare the actor for ``contract`` on the current global broker."""
+    options = actor_options(contract, settings or get_settings())
+
+    def decorate(function: Callable[[ArgumentsT], Any]) -> dramatiq.Actor[..., Any]:
+        @functools.wraps(function)
+        def run_validated(*args: Any, **kwargs: Any) -> Any:
+            if args:
+                raise InvalidTaskArguments(contract.name, "positional arguments are not accepted")
+            return function(contract.parse(kwargs))  # type: ignore[arg-type]
+
+        declare = dramatiq.actor(actor_name=contract.name, queue_name=contract.queue, **options)
+        return declare(run_validated)
+
+    return decorate
