@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,6 +94,7 @@ def service_env(rabbitmq_url: str, redis_url: str) -> dict[str, str]:
     """Environment for greenroom subprocesses: the test services, nothing from the caller's config."""
     env = {key: value for key, value in os.environ.items() if not _is_greenroom_setting(key)}
     env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",  # greenroom, honcho
         RABBITMQ_URL=rabbitmq_url,
         REDIS_URL=redis_url,
         LOG_LEVEL="INFO",
