@@ -3,7 +3,7 @@
 Workers and producers use the same builder, so both sides agree on queues,
 confirms, results and (later) tracing.
 
->>> broker = build_broker(load_settings())
+>>> broker = build_broker(load_settings(), "producer")
 >>> broker.confirm_delivery
 True
 """
@@ -16,16 +16,19 @@ from dramatiq.middleware import (
     AgeLimit,
     Callbacks,
     CurrentMessage,
+    Middleware,
     Pipelines,
     Retries,
     ShutdownNotifications,
     TimeLimit,
 )
 from dramatiq.results import Results
+from opentelemetry.trace import TracerProvider
 
 from observability.task_logging import TaskLogging
 from shared.results import RedisResultBackend
 from shared.settings import Settings
+from shared.telemetry import Role, tracing_middleware
 from shared.worker_signals import CoalesceTermSignals
 
 
@@ -34,13 +37,18 @@ def build_result_backend(settings: Settings) -> RedisResultBackend:
     return RedisResultBackend(url=settings.redis_url)
 
 
-def build_broker(settings: Settings) -> RabbitmqBroker:
+def build_broker(
+    settings: Settings, role: Role, tracer_provider: TracerProvider | None = None
+) -> RabbitmqBroker:
     """A RabbitmqBroker at RABBITMQ_URL with greenroom's middleware stack.
 
-    Order matters: TaskLogging comes first so that its after-hooks run last,
-    once Retries has decided whether a failed message retries or dies.
+    Order matters. Dramatiq runs ``before_*`` hooks in list order and
+    ``after_*`` hooks in reverse, so Tracing (first) keeps the consumer span
+    current around everything else, and TaskLogging (next) writes its line
+    after Retries has decided whether a failed message retries or dies.
     """
-    middleware = [
+    middleware: list[Middleware] = [
+        *tracing_middleware(settings, role, tracer_provider),
         TaskLogging(),
         CoalesceTermSignals(),
         AgeLimit(),
@@ -68,6 +76,6 @@ def build_broker(settings: Settings) -> RabbitmqBroker:
 
 def install_broker(settings: Settings) -> RabbitmqBroker:
     """Build the broker and make it Dramatiq's global one (worker processes)."""
-    broker = build_broker(settings)
+    broker = build_broker(settings, "worker")
     dramatiq.set_broker(broker)
     return broker

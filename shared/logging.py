@@ -6,7 +6,8 @@
 
 Every line carries ``timestamp`` (UTC, ISO 8601), ``level``, ``logger`` and
 ``message``; inside a task also ``message_id``, ``actor``, ``queue`` and
-``retries`` (added by :class:`observability.task_logging.TaskContextFilter`).
+``retries`` (added by :class:`observability.task_logging.TaskContextFilter`);
+inside a traced task or send also ``trace_id`` and ``span_id``.
 An exception is the ``exc_info`` field of the same object, never loose lines.
 Passwords inside URLs are masked in every line.
 """
@@ -23,6 +24,7 @@ from typing import Any, Literal, TextIO
 from pythonjsonlogger.json import JsonFormatter
 
 from observability.task_logging import TaskContextFilter
+from observability.tracing import TraceContextFilter
 
 #: Matches the password of a URL's userinfo (scheme://user:PASSWORD@host).
 _URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)[^@\s/]+@")
@@ -91,6 +93,7 @@ def configure_logging(*, level: str = "INFO", fmt: Literal["json", "console"] = 
     handler = CurrentStdoutHandler()
     handler.setFormatter(build_formatter(fmt))
     handler.addFilter(TaskContextFilter())
+    handler.addFilter(TraceContextFilter())
 
     root = logging.getLogger()
     for old in list(root.handlers):

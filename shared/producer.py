@@ -28,12 +28,15 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.errors import BrokerConnectionError
 from dramatiq.results import ResultFailure
 from dramatiq.results import ResultTimeout as DramatiqResultTimeout
+from opentelemetry.trace import TracerProvider
 
+from observability.tracing import Tracing
 from shared.broker import build_broker, build_result_backend
 from shared.errors import GreenroomError, PublishError, ResultTimeout, TaskFailed
 from shared.results import RedisResultBackend
 from shared.settings import Settings, get_settings
 from shared.tasks import TaskContract, get_task
+from shared.telemetry import ensure_producer_tracing
 
 #: How long TaskHandle.result() waits when no timeout is given, in seconds.
 DEFAULT_RESULT_TIMEOUT = 10.0
@@ -70,9 +73,15 @@ class Producer:
     >>> producer.close()
     """
 
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(
+        self, settings: Settings | None = None, *, tracer_provider: TracerProvider | None = None
+    ) -> None:
+        """``tracer_provider``: where producer spans go; by default the process's global
+        provider, which is created from the settings if the application has none."""
         self.settings = settings or get_settings()
-        self.broker: RabbitmqBroker = build_broker(self.settings)
+        if tracer_provider is None:
+            ensure_producer_tracing(self.settings)
+        self.broker: RabbitmqBroker = build_broker(self.settings, "producer", tracer_provider)
         self.backend: RedisResultBackend = build_result_backend(self.settings)
 
     def send(self, task: str, /, **kwargs: Any) -> TaskHandle:
@@ -143,6 +152,9 @@ class Producer:
         try:
             self.broker.enqueue(message)
         except BrokerConnectionError as error:
+            for middleware in self.broker.middleware:
+                if isinstance(middleware, Tracing):
+                    middleware.abandon_publish(error)
             raise PublishError(f"could not publish message {message.message_id}: {error}") from None
 
 

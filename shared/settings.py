@@ -31,6 +31,8 @@ _SECRET_FIELDS = frozenset({"RABBITMQ_URL", "REDIS_URL"})
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _LOG_FORMATS = ("json", "console")
 
+OtlpProtocol = Literal["grpc", "http/protobuf"]
+
 
 class SettingsError(Exception):
     """The environment holds a value greenroom cannot run with (one line of text)."""
@@ -103,6 +105,32 @@ class Settings(BaseSettings):
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     LOG_FORMAT: Literal["json", "console"] = "json"
 
+    # Tracing (OpenTelemetry) -----------------------------------------------------
+    TRACING_ENABLED: bool = True
+    TRACING_NEW_TRACE_PER_TASK: bool = False
+    TRACING_FLUSH_TIMEOUT_SECONDS: float = Field(default=5.0, gt=0, le=60)
+    PROCESS_TYPE: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    # The OpenTelemetry SDK reads OTEL_* itself; they are declared here so that a
+    # bad value stops the process at start like any other setting.
+    OTEL_SDK_DISABLED: bool = False
+    OTEL_SERVICE_NAME: str | None = None
+    OTEL_EXPORTER_OTLP_PROTOCOL: OtlpProtocol = "http/protobuf"
+    OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: OtlpProtocol | None = None
+    OTEL_EXPORTER_OTLP_ENDPOINT: str | None = None
+    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: str | None = None
+    OTEL_TRACES_SAMPLER: (
+        Literal[
+            "always_on",
+            "always_off",
+            "traceidratio",
+            "parentbased_always_on",
+            "parentbased_always_off",
+            "parentbased_traceidratio",
+        ]
+        | None
+    ) = None
+    OTEL_TRACES_SAMPLER_ARG: float | None = Field(default=None, ge=0, le=1)
+
     # Metrics and health server ------------------------------------------------
     METRICS_HOST: str = "127.0.0.1"
     METRICS_PORT: int | None = Field(default=None, ge=1, le=65535)
@@ -117,6 +145,13 @@ class Settings(BaseSettings):
     @classmethod
     def _redis_url(cls, value: SecretStr) -> SecretStr:
         return _check_url(value, ("redis", "rediss"))
+
+    @field_validator("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    @classmethod
+    def _otlp_endpoint(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_url(SecretStr(value), ("http", "https"))
+        return value
 
     @field_validator("LOG_LEVEL", mode="before")
     @classmethod
@@ -154,6 +189,15 @@ class Settings(BaseSettings):
         return self.METRICS_PORT or self.PORT or 9300
 
     @property
+    def otlp_traces_protocol(self) -> OtlpProtocol:
+        """The per-signal protocol variable wins over the general one, as in the SDK."""
+        return self.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL or self.OTEL_EXPORTER_OTLP_PROTOCOL
+
+    @property
+    def tracing_active(self) -> bool:
+        return self.TRACING_ENABLED and not self.OTEL_SDK_DISABLED
+
+    @property
     def rabbitmq_url(self) -> str:
         return self.RABBITMQ_URL.get_secret_value()
 
@@ -167,6 +211,9 @@ class Settings(BaseSettings):
         shown["RABBITMQ_URL"] = redact_url(self.rabbitmq_url)
         shown["REDIS_URL"] = redact_url(self.redis_url)
         shown["METRICS_PORT"] = self.metrics_port
+        for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+            if shown[name]:
+                shown[name] = redact_url(shown[name])
         return shown
 
 

@@ -18,7 +18,11 @@ from pathlib import Path
 import pika
 import pytest
 import redis
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+from observability.otlp_receiver import OtlpReceiver
 from shared.producer import Producer
 from shared.results import RESULTS_NAMESPACE
 from shared.settings import Settings, load_settings
@@ -66,6 +70,24 @@ def redis_url() -> Iterator[str]:
         client.close()
 
 
+@pytest.fixture(scope="session")
+def otlp_receiver() -> Iterator[OtlpReceiver]:
+    """A live OTLP/HTTP receiver that every greenroom process under test exports its spans to."""
+    with OtlpReceiver.start("http/protobuf") as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="session")
+def tracer_provider(otlp_receiver: OtlpReceiver) -> Iterator[TracerProvider]:
+    """The test process's producer spans, exported to the session receiver."""
+    provider = TracerProvider()
+    provider.add_span_processor(
+        BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{otlp_receiver.endpoint}/v1/traces"))
+    )
+    yield provider
+    provider.shutdown()
+
+
 @pytest.fixture
 def clean_queues(rabbitmq_url: str) -> Iterator[None]:
     """Purge the test vhost's queues before and after a test."""
@@ -90,7 +112,7 @@ def _purge_all(rabbitmq_url: str) -> None:
 
 
 @pytest.fixture
-def service_env(rabbitmq_url: str, redis_url: str) -> dict[str, str]:
+def service_env(rabbitmq_url: str, redis_url: str, otlp_receiver: OtlpReceiver) -> dict[str, str]:
     """Environment for greenroom subprocesses: the test services, nothing from the caller's config."""
     env = {key: value for key, value in os.environ.items() if not _is_greenroom_setting(key)}
     env.update(
@@ -100,12 +122,14 @@ def service_env(rabbitmq_url: str, redis_url: str) -> dict[str, str]:
         LOG_LEVEL="INFO",
         WORKER_SHUTDOWN_TIMEOUT_SECONDS="10",
         TASK_MIN_BACKOFF_SECONDS="0.1",
+        OTEL_EXPORTER_OTLP_ENDPOINT=otlp_receiver.endpoint,
+        OTEL_EXPORTER_OTLP_PROTOCOL=otlp_receiver.protocol,
     )
     return env
 
 
 def _is_greenroom_setting(key: str) -> bool:
-    return key in Settings.model_fields
+    return key in Settings.model_fields or key.startswith("OTEL_")
 
 
 @pytest.fixture
@@ -120,7 +144,7 @@ def settings(rabbitmq_url: str, redis_url: str) -> Settings:
 
 
 @pytest.fixture
-def producer(settings: Settings, clean_queues: None) -> Iterator[Producer]:
-    producer = Producer(settings)
+def producer(settings: Settings, clean_queues: None, tracer_provider: TracerProvider) -> Iterator[Producer]:
+    producer = Producer(settings, tracer_provider=tracer_provider)
     yield producer
     producer.close()

@@ -1,0 +1,121 @@
+"""Create, flush and shut down the OpenTelemetry TracerProvider of one process.
+
+The SDK reads its own environment variables here, as the specification
+defines them: OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT / HEADERS / TIMEOUT,
+OTEL_TRACES_SAMPLER(_ARG), OTEL_RESOURCE_ATTRIBUTES, OTEL_SERVICE_NAME,
+OTEL_BSP_*. The caller picks the protocol and the defaults.
+
+Create the provider in the process that will export: a BatchSpanProcessor's
+thread does not survive fork, so worker processes call this after Dramatiq
+has forked them.
+
+>>> provider = configure_tracer_provider(
+...     default_service_name="greenroom-worker", service_version="0.1.0",
+...     process_type="reports", protocol="http/protobuf")
+>>> shutdown_tracer_provider(provider, timeout_seconds=5)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Literal
+
+import dramatiq
+from dramatiq.middleware import Middleware
+from opentelemetry import trace
+from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+
+logger = logging.getLogger("greenroom.tracing")
+
+OtlpProtocol = Literal["grpc", "http/protobuf"]
+
+#: Resource attribute naming the process type (Procfile / compose service).
+PROCESS_TYPE_ATTRIBUTE = "greenroom.process.type"
+
+
+def build_exporter(protocol: OtlpProtocol) -> SpanExporter:
+    """The OTLP span exporter for ``protocol``; endpoint and headers come from OTEL_* variables."""
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+
+        return GrpcExporter()
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+
+    return HttpExporter()
+
+
+def build_resource(*, default_service_name: str, service_version: str, process_type: str) -> Resource:
+    """Resource with service.version and the process type; OTEL_SERVICE_NAME and a
+    service.name in OTEL_RESOURCE_ATTRIBUTES win over ``default_service_name``."""
+    resource = Resource.create({SERVICE_VERSION: service_version, PROCESS_TYPE_ATTRIBUTE: process_type})
+    if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({SERVICE_NAME: default_service_name}))
+    return resource
+
+
+def configure_tracer_provider(
+    *,
+    default_service_name: str,
+    service_version: str,
+    process_type: str,
+    protocol: OtlpProtocol,
+    exporter: SpanExporter | None = None,
+) -> TracerProvider:
+    """Create the process's TracerProvider (batching to OTLP) and make it the global one."""
+    provider = TracerProvider(
+        resource=build_resource(
+            default_service_name=default_service_name,
+            service_version=service_version,
+            process_type=process_type,
+        )
+    )
+    provider.add_span_processor(BatchSpanProcessor(exporter or build_exporter(protocol)))
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+def shutdown_tracer_provider(provider: TracerProvider, *, timeout_seconds: float) -> bool:
+    """Export pending spans and stop, waiting at most ``timeout_seconds``.
+
+    The SDK's own shutdown may block for 30 s on an unreachable collector; a
+    stopping worker cannot wait that long. Returns False if time ran out
+    (the spans still queued are then lost, and a warning says so).
+    """
+    done = threading.Event()
+
+    def shutdown() -> None:
+        provider.shutdown()
+        done.set()
+
+    threading.Thread(target=shutdown, name="greenroom-tracing-shutdown", daemon=True).start()
+    if done.wait(timeout_seconds):
+        return True
+    logger.warning("Span export did not finish within %.1fs; pending spans are dropped.", timeout_seconds)
+    return False
+
+
+class TracerProviderLifecycle(Middleware):
+    """Creates the TracerProvider in each worker process once Dramatiq has forked
+    it, and flushes it when the worker shuts down (bounded by ``flush_timeout_seconds``).
+
+    >>> broker.add_middleware(TracerProviderLifecycle(factory=make_provider, flush_timeout_seconds=5))
+    """
+
+    def __init__(self, *, factory: Callable[[], TracerProvider], flush_timeout_seconds: float) -> None:
+        self.factory = factory
+        self.flush_timeout_seconds = flush_timeout_seconds
+        self.provider: TracerProvider | None = None
+
+    def after_process_boot(self, broker: dramatiq.Broker) -> None:
+        self.provider = self.factory()
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        if self.provider is None:
+            return
+        if shutdown_tracer_provider(self.provider, timeout_seconds=self.flush_timeout_seconds):
+            logger.info("Spans flushed.")
+        self.provider = None

@@ -1,0 +1,224 @@
+"""OpenTelemetry tracing for Dramatiq messages: a PRODUCER span per publish, a
+CONSUMER span per processing attempt, one trace from producer to worker.
+
+Span names and attributes follow the OpenTelemetry messaging semantic
+conventions (``send <queue>`` / ``process <queue>``, messaging.system=rabbitmq
+...). The W3C trace context (and baggage) travels in one message option,
+:data:`TRACE_CONTEXT_OPTION`, written with the globally configured propagator.
+
+Place this middleware *first* in the broker's list: its ``before_*`` hooks then
+run before every other middleware and its ``after_*`` hooks after them, so the
+consumer span is current while Retries re-enqueues a failed message (the retry
+gets a producer span inside the same trace) and while the per-task log line is
+written (the line carries the trace id).
+
+>>> broker.middleware.insert(0, Tracing())
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import dramatiq
+from dramatiq.broker import MessageProxy
+from dramatiq.common import q_name
+from dramatiq.middleware import Middleware
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.semconv._incubating.attributes import messaging_attributes as messaging
+from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer, TracerProvider
+
+#: The message option that carries the W3C trace context (and baggage) headers.
+TRACE_CONTEXT_OPTION = "greenroom_trace_context"
+
+#: Span attributes that the messaging conventions do not define.
+ACTOR_ATTRIBUTE = "dramatiq.actor.name"
+RETRIES_ATTRIBUTE = "dramatiq.message.retries"
+
+_INSTRUMENTATION = "greenroom.observability.tracing"
+
+
+@dataclass(slots=True)
+class _OpenSpan:
+    message_id: str
+    span: Span
+    token: object
+
+
+class Tracing(Middleware):
+    """Producer and consumer spans for every message.
+
+    Parameters:
+      tracer_provider: where spans go; the global provider when None (looked
+        up when a span starts, so a provider created after fork is used).
+      new_trace_per_task: start each consumer span in a new trace that only
+        *links* to the producer span (for heavy fan-out), instead of making
+        it the producer span's child.
+    """
+
+    def __init__(
+        self, *, tracer_provider: TracerProvider | None = None, new_trace_per_task: bool = False
+    ) -> None:
+        self.tracer_provider = tracer_provider
+        self.new_trace_per_task = new_trace_per_task
+        self._publishing: dict[int, _OpenSpan] = {}
+        self._processing: dict[int, _OpenSpan] = {}
+
+    @property
+    def open_spans(self) -> int:
+        """Spans started and not yet ended (0 whenever no message is in flight)."""
+        return len(self._publishing) + len(self._processing)
+
+    def _tracer(self) -> Tracer:
+        return trace.get_tracer(_INSTRUMENTATION, tracer_provider=self.tracer_provider)
+
+    # Producer side --------------------------------------------------------------
+
+    def before_enqueue(
+        self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int | None
+    ) -> None:
+        thread = threading.get_ident()
+        pending = self._publishing.get(thread)
+        if pending is not None and pending.message_id == message.message_id:
+            pending.span.add_event("publish retried")  # Dramatiq's connection-retry loop: same publish
+            return
+        if pending is not None:
+            # The previous publish on this thread raised before after_enqueue.
+            self.abandon_publish(ConnectionError("publish did not complete"))
+
+        parent = _parent_for_publish(message)
+        routing_key = message.queue_name
+        span = self._tracer().start_span(
+            f"send {q_name(routing_key)}",
+            context=parent,
+            kind=SpanKind.PRODUCER,
+            attributes=_attributes(message, operation="send", routing_key=routing_key),
+        )
+        span_context = trace.set_span_in_context(span, parent)
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=span_context)
+        message.options[TRACE_CONTEXT_OPTION] = carrier
+        self._publishing[thread] = _OpenSpan(message.message_id, span, otel_context.attach(span_context))
+
+    def after_enqueue(
+        self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int | None
+    ) -> None:
+        pending = self._publishing.pop(threading.get_ident(), None)
+        if pending is None:
+            return
+        _detach(pending.token)
+        pending.span.end()
+
+    def abandon_publish(self, error: BaseException) -> None:
+        """End this thread's unfinished producer span as failed (the publish raised)."""
+        pending = self._publishing.pop(threading.get_ident(), None)
+        if pending is None:
+            return
+        _detach(pending.token)
+        _record_error(pending.span, error)
+        pending.span.end()
+
+    # Consumer side --------------------------------------------------------------
+
+    def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        producer_context = propagate.extract(message.options.get(TRACE_CONTEXT_OPTION) or {})
+        producer_span = trace.get_current_span(producer_context).get_span_context()
+        links = [Link(producer_span)] if producer_span.is_valid else []
+        parent = otel_context.Context() if self.new_trace_per_task else producer_context
+        queue = q_name(message.queue_name)
+        span = self._tracer().start_span(
+            f"process {queue}",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            links=links,
+            attributes=_attributes(message, operation="process", routing_key=message.queue_name),
+        )
+        if span.is_recording():
+            span.set_attribute(RETRIES_ATTRIBUTE, int(message.options.get("retries", 0)))
+        # Baggage from the producer stays available inside the task, even with a new trace.
+        token = otel_context.attach(trace.set_span_in_context(span, producer_context))
+        self._processing[threading.get_ident()] = _OpenSpan(message.message_id, span, token)
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: MessageProxy,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        current = self._processing.pop(threading.get_ident(), None)
+        if current is None:
+            return
+        if exception is not None:
+            _record_error(current.span, exception)
+        _detach(current.token)
+        current.span.end()
+
+    def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        current = self._processing.pop(threading.get_ident(), None)
+        if current is None:
+            return
+        if current.span.is_recording():
+            current.span.set_attribute("dramatiq.message.skipped", True)
+            if message.failed:
+                current.span.set_status(Status(StatusCode.ERROR, "skipped and dead-lettered"))
+        _detach(current.token)
+        current.span.end()
+
+
+class TraceContextFilter(logging.Filter):
+    """Adds ``trace_id`` and ``span_id`` (lowercase hex, as Tempo expects) inside a span."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        span_context = trace.get_current_span().get_span_context()
+        if span_context.is_valid:
+            record.trace_id = format(span_context.trace_id, "032x")
+            record.span_id = format(span_context.span_id, "016x")
+        return True
+
+
+def _parent_for_publish(message: dramatiq.Message[Any]) -> otel_context.Context:
+    """The current span if there is one (a task sending a task, a retry, a
+    pipeline step); else the context the message already carries (a delayed
+    message moved to its queue, a dead letter replayed); else a new trace."""
+    current = otel_context.get_current()
+    if trace.get_current_span(current).get_span_context().is_valid:
+        return current
+    carried = message.options.get(TRACE_CONTEXT_OPTION)
+    return propagate.extract(carried) if carried else current
+
+
+def _attributes(
+    message: dramatiq.Message[Any] | MessageProxy, *, operation: str, routing_key: str
+) -> dict[str, Any]:
+    operation_type = (
+        messaging.MessagingOperationTypeValues.SEND
+        if operation == "send"
+        else messaging.MessagingOperationTypeValues.PROCESS
+    )
+    return {
+        messaging.MESSAGING_SYSTEM: messaging.MessagingSystemValues.RABBITMQ.value,
+        messaging.MESSAGING_OPERATION_TYPE: operation_type.value,
+        messaging.MESSAGING_OPERATION_NAME: operation,
+        messaging.MESSAGING_DESTINATION_NAME: q_name(routing_key),
+        messaging.MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY: routing_key,
+        messaging.MESSAGING_MESSAGE_ID: message.message_id,
+        ACTOR_ATTRIBUTE: message.actor_name,
+    }
+
+
+def _record_error(span: Span, error: BaseException) -> None:
+    if not span.is_recording():
+        return
+    span.record_exception(error)
+    span.set_attribute(ERROR_TYPE, type(error).__qualname__)
+    span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+
+
+def _detach(token: object) -> None:
+    otel_context.detach(token)  # type: ignore[arg-type]

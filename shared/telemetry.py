@@ -1,0 +1,63 @@
+"""Wire OpenTelemetry tracing from Settings into workers and producer processes.
+
+Workers get a TracerProvider per process after Dramatiq forks them (through
+``TracerProviderLifecycle``); a producer process gets one on first use, unless
+the host application has already installed its own, which is then respected.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable
+from typing import Literal
+
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+
+from observability.tracer_provider import TracerProviderLifecycle, configure_tracer_provider
+from observability.tracing import Tracing
+from shared import __version__
+from shared.settings import Settings
+
+Role = Literal["worker", "producer"]
+
+_producer_setup_lock = threading.Lock()
+
+
+def provider_factory(settings: Settings, role: Role) -> Callable[[], TracerProvider]:
+    """A function that creates this process's provider from the settings."""
+    return functools.partial(
+        configure_tracer_provider,
+        default_service_name=f"greenroom-{role}",
+        service_version=__version__,
+        process_type=settings.PROCESS_TYPE or role,
+        protocol=settings.otlp_traces_protocol,
+    )
+
+
+def tracing_middleware(
+    settings: Settings, role: Role, tracer_provider: trace.TracerProvider | None = None
+) -> list[Tracing | TracerProviderLifecycle]:
+    """The tracing middleware for a broker, first in its list (empty when tracing is off).
+
+    With ``tracer_provider`` the spans go there instead of the global provider.
+    """
+    if not settings.tracing_active:
+        return []
+    tracing = Tracing(tracer_provider=tracer_provider, new_trace_per_task=settings.TRACING_NEW_TRACE_PER_TASK)
+    if role == "producer" or tracer_provider is not None:
+        return [tracing]
+    lifecycle = TracerProviderLifecycle(
+        factory=provider_factory(settings, role), flush_timeout_seconds=settings.TRACING_FLUSH_TIMEOUT_SECONDS
+    )
+    return [tracing, lifecycle]
+
+
+def ensure_producer_tracing(settings: Settings) -> None:
+    """Install a TracerProvider in a producer process unless one is already there."""
+    if not settings.tracing_active:
+        return
+    with _producer_setup_lock:
+        if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+            provider_factory(settings, "producer")()
