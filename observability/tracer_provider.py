@@ -65,13 +65,18 @@ def configure_tracer_provider(
     protocol: OtlpProtocol,
     exporter: SpanExporter | None = None,
 ) -> TracerProvider:
-    """Create the process's TracerProvider (batching to OTLP) and make it the global one."""
+    """Create the process's TracerProvider (batching to OTLP) and make it the global one.
+
+    The SDK's own exit hook is off (it may wait 30 s for an unreachable
+    collector); callers flush with :func:`shutdown_tracer_provider`.
+    """
     provider = TracerProvider(
         resource=build_resource(
             default_service_name=default_service_name,
             service_version=service_version,
             process_type=process_type,
-        )
+        ),
+        shutdown_on_exit=False,
     )
     provider.add_span_processor(BatchSpanProcessor(exporter or build_exporter(protocol)))
     trace.set_tracer_provider(provider)

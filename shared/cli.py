@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from shared.errors import GreenroomError, InvalidTaskArguments, UnknownTask
 from shared.logging import configure_logging
@@ -118,7 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as error:
         print(f"greenroom: error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    configure_logging(level=settings.LOG_LEVEL, fmt=settings.LOG_FORMAT)
+    # A worker's logs are its output (stdout); other commands answer on stdout and log to stderr.
+    log_stream: Literal["stdout", "stderr"] = "stdout" if args.run is run_worker else "stderr"
+    configure_logging(level=settings.LOG_LEVEL, fmt=settings.LOG_FORMAT, stream=log_stream)
     run: Callable[[argparse.Namespace, Settings], int] = args.run
     return run(args, settings)
 
@@ -141,6 +144,9 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     if queues:
         dramatiq_argv += ["--queues", *queues]
     dramatiq_args = dramatiq.cli.make_argument_parser().parse_args(dramatiq_argv)
+    if settings.PROCESS_TYPE is None:
+        # Worker processes read their settings after the fork; this names them in traces and metrics.
+        os.environ["PROCESS_TYPE"] = "-".join(queues) if queues else "all"
     logger.info(
         "greenroom worker starting",
         extra={

@@ -52,24 +52,25 @@ class _SecretMaskingConsoleFormatter(logging.Formatter):
         return mask_secrets(super().format(record))
 
 
-class CurrentStdoutHandler(logging.StreamHandler[TextIO]):
-    """Writes to whatever ``sys.stdout`` is when a record is emitted.
+class CurrentStreamHandler(logging.StreamHandler[TextIO]):
+    """Writes to whatever ``sys.stdout`` (or ``sys.stderr``) is when a record is emitted.
 
     Dramatiq's worker children replace ``sys.stdout`` with a pipe to the master
     process, which writes each record whole; a handler holding the original
     stream would bypass that pipe and interleave lines.
     """
 
-    def __init__(self) -> None:
-        super().__init__(sys.stdout)
+    def __init__(self, stream_name: Literal["stdout", "stderr"] = "stdout") -> None:
+        self.stream_name = stream_name
+        super().__init__()
 
     @property
     def stream(self) -> TextIO:
-        return sys.stdout
+        return sys.stdout if self.stream_name == "stdout" else sys.stderr
 
     @stream.setter
     def stream(self, value: TextIO) -> None:
-        """Ignored: the stream is always the current sys.stdout."""
+        """Ignored: the stream is always the current sys.stdout or sys.stderr."""
 
 
 def build_formatter(fmt: Literal["json", "console"]) -> logging.Formatter:
@@ -85,12 +86,18 @@ def build_formatter(fmt: Literal["json", "console"]) -> logging.Formatter:
     )
 
 
-def configure_logging(*, level: str = "INFO", fmt: Literal["json", "console"] = "json") -> None:
+def configure_logging(
+    *,
+    level: str = "INFO",
+    fmt: Literal["json", "console"] = "json",
+    stream: Literal["stdout", "stderr"] = "stdout",
+) -> None:
     """Route every logger (greenroom, Dramatiq, pika, warnings) to stdout as JSON lines.
 
-    Idempotent: calling it again replaces the previous configuration.
+    Commands whose stdout is their answer (``greenroom send``) log to stderr
+    instead. Idempotent: calling it again replaces the previous configuration.
     """
-    handler = CurrentStdoutHandler()
+    handler = CurrentStreamHandler(stream)
     handler.setFormatter(build_formatter(fmt))
     handler.addFilter(TaskContextFilter())
     handler.addFilter(TraceContextFilter())

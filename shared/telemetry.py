@@ -7,6 +7,7 @@ the host application has already installed its own, which is then respected.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import threading
 from collections.abc import Callable
@@ -15,7 +16,11 @@ from typing import Literal
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
-from observability.tracer_provider import TracerProviderLifecycle, configure_tracer_provider
+from observability.tracer_provider import (
+    TracerProviderLifecycle,
+    configure_tracer_provider,
+    shutdown_tracer_provider,
+)
 from observability.tracing import Tracing
 from shared import __version__
 from shared.settings import Settings
@@ -55,9 +60,16 @@ def tracing_middleware(
 
 
 def ensure_producer_tracing(settings: Settings) -> None:
-    """Install a TracerProvider in a producer process unless one is already there."""
+    """Install a TracerProvider in a producer process unless one is already there.
+
+    Its spans are flushed when the process exits, waiting at most
+    TRACING_FLUSH_TIMEOUT_SECONDS (so a CLI call never hangs on a missing collector).
+    """
     if not settings.tracing_active:
         return
     with _producer_setup_lock:
         if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
-            provider_factory(settings, "producer")()
+            provider = provider_factory(settings, "producer")()
+            atexit.register(
+                shutdown_tracer_provider, provider, timeout_seconds=settings.TRACING_FLUSH_TIMEOUT_SECONDS
+            )
