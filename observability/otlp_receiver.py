@@ -89,18 +89,21 @@ def _spans_of(request: trace_service_pb2.ExportTraceServiceRequest) -> list[Rece
 class OtlpReceiver:
     """Receives OTLP trace exports on 127.0.0.1 (an ephemeral port unless given)."""
 
-    def __init__(self, protocol: Protocol) -> None:
+    def __init__(self, protocol: Protocol, *, keep_spans: bool = True) -> None:
         self.protocol = protocol
+        self.keep_spans = keep_spans
         self._spans: list[ReceivedSpan] = []
         self._lock = threading.Lock()
         self.requests = 0
+        self.span_count = 0
         self._grpc_server: grpc.Server | None = None
         self._http_server: ThreadingHTTPServer | None = None
         self.port = 0
 
     @classmethod
-    def start(cls, protocol: Protocol, port: int = 0) -> OtlpReceiver:
-        receiver = cls(protocol)
+    def start(cls, protocol: Protocol, port: int = 0, *, keep_spans: bool = True) -> OtlpReceiver:
+        """Listen on 127.0.0.1:``port``; ``keep_spans=False`` only counts spans (cheap, for benchmarks)."""
+        receiver = cls(protocol, keep_spans=keep_spans)
         if protocol == "grpc":
             receiver._start_grpc(port)
         else:
@@ -117,10 +120,12 @@ class OtlpReceiver:
             return list(self._spans)
 
     def record(self, request: trace_service_pb2.ExportTraceServiceRequest) -> None:
-        spans = _spans_of(request)
+        count = sum(len(scope.spans) for resource in request.resource_spans for scope in resource.scope_spans)
+        spans = _spans_of(request) if self.keep_spans else []
         with self._lock:
             self._spans.extend(spans)
             self.requests += 1
+            self.span_count += count
 
     def stop(self) -> None:
         if self._grpc_server is not None:

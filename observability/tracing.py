@@ -53,8 +53,8 @@ class Tracing(Middleware):
     """Producer and consumer spans for every message.
 
     Parameters:
-      tracer_provider: where spans go; the global provider when None (looked
-        up when a span starts, so a provider created after fork is used).
+      tracer_provider: where spans go; the global provider when None (even
+        one installed later, such as a worker's after fork).
       new_trace_per_task: start each consumer span in a new trace that only
         *links* to the producer span (for heavy fan-out), instead of making
         it the producer span's child.
@@ -63,7 +63,9 @@ class Tracing(Middleware):
     def __init__(
         self, *, tracer_provider: TracerProvider | None = None, new_trace_per_task: bool = False
     ) -> None:
-        self.tracer_provider = tracer_provider
+        # With no provider this is a proxy that follows the global provider once
+        # one is installed (worker processes install theirs after fork).
+        self.tracer: Tracer = trace.get_tracer(_INSTRUMENTATION, tracer_provider=tracer_provider)
         self.new_trace_per_task = new_trace_per_task
         self._publishing: dict[int, _OpenSpan] = {}
         self._processing: dict[int, _OpenSpan] = {}
@@ -72,9 +74,6 @@ class Tracing(Middleware):
     def open_spans(self) -> int:
         """Spans started and not yet ended (0 whenever no message is in flight)."""
         return len(self._publishing) + len(self._processing)
-
-    def _tracer(self) -> Tracer:
-        return trace.get_tracer(_INSTRUMENTATION, tracer_provider=self.tracer_provider)
 
     # Producer side --------------------------------------------------------------
 
@@ -92,7 +91,7 @@ class Tracing(Middleware):
 
         parent = _parent_for_publish(message)
         routing_key = message.queue_name
-        span = self._tracer().start_span(
+        span = self.tracer.start_span(
             f"send {q_name(routing_key)}",
             context=parent,
             kind=SpanKind.PRODUCER,
@@ -130,7 +129,7 @@ class Tracing(Middleware):
         links = [Link(producer_span)] if producer_span.is_valid else []
         parent = otel_context.Context() if self.new_trace_per_task else producer_context
         queue = q_name(message.queue_name)
-        span = self._tracer().start_span(
+        span = self.tracer.start_span(
             f"process {queue}",
             context=parent,
             kind=SpanKind.CONSUMER,
