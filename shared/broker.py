@@ -29,6 +29,7 @@ from observability.task_logging import TaskLogging
 from shared.results import RedisResultBackend
 from shared.settings import Settings
 from shared.telemetry import Role, tracing_middleware
+from shared.worker_metrics import metrics_middleware
 from shared.worker_signals import CoalesceTermSignals
 
 
@@ -50,6 +51,7 @@ def build_broker(
     middleware: list[Middleware] = [
         *tracing_middleware(settings, role, tracer_provider),
         TaskLogging(),
+        *([metrics_middleware(settings)] if role == "worker" else []),
         CoalesceTermSignals(),
         AgeLimit(),
         TimeLimit(time_limit=int(settings.TASK_TIME_LIMIT_SECONDS * 1000)),

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from shared.errors import GreenroomError, InvalidTaskArguments, UnknownTask
 from shared.logging import configure_logging
 from shared.settings import Settings, SettingsError, load_settings, redact_url
+from shared.worker_metrics import port_in_use, prepare_metrics_directory
 
 logger = logging.getLogger("greenroom")
 
@@ -131,28 +132,36 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     """Run Dramatiq's own CLI in this process, so signals reach its master directly."""
+    settings = _export_worker_settings(args, settings)
+    if port_in_use(settings.METRICS_HOST, settings.metrics_port):
+        print(
+            f"greenroom: error: METRICS_PORT {settings.metrics_port} on {settings.METRICS_HOST} is in use "
+            "(another worker? give each process type its own METRICS_PORT or $PORT)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    prepare_metrics_directory(settings)
+
     import dramatiq.cli  # imported here: only this command needs it
 
-    queues = args.queues or settings.WORKER_QUEUES
     dramatiq_argv = [
         WORKER_BROKER,
-        "--processes", str(args.processes or settings.WORKER_PROCESSES),
-        "--threads", str(args.threads or settings.WORKER_THREADS),
+        "--processes", str(settings.WORKER_PROCESSES),
+        "--threads", str(settings.WORKER_THREADS),
         "--worker-shutdown-timeout", str(int(settings.WORKER_SHUTDOWN_TIMEOUT_SECONDS * 1000)),
         "--skip-logging",
     ]  # fmt: skip
-    if queues:
-        dramatiq_argv += ["--queues", *queues]
+    if settings.WORKER_QUEUES:
+        dramatiq_argv += ["--queues", *settings.WORKER_QUEUES]
     dramatiq_args = dramatiq.cli.make_argument_parser().parse_args(dramatiq_argv)
-    if settings.PROCESS_TYPE is None:
-        # Worker processes read their settings after the fork; this names them in traces and metrics.
-        os.environ["PROCESS_TYPE"] = "-".join(queues) if queues else "all"
     logger.info(
         "greenroom worker starting",
         extra={
-            "processes": dramatiq_args.processes,
-            "threads": dramatiq_args.threads,
-            "queues": queues or "all",
+            "process_type": settings.PROCESS_TYPE,
+            "processes": settings.WORKER_PROCESSES,
+            "threads": settings.WORKER_THREADS,
+            "queues": settings.WORKER_QUEUES or "all",
+            "metrics": f"http://{settings.METRICS_HOST}:{settings.metrics_port}/metrics",
             "shutdown_timeout_seconds": settings.WORKER_SHUTDOWN_TIMEOUT_SECONDS,
         },
     )
@@ -161,6 +170,33 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     exit_code: int = dramatiq.cli.main(dramatiq_args)
     logger.info("greenroom worker stopped", extra={"exit_code": exit_code})
     return exit_code
+
+
+def _export_worker_settings(args: argparse.Namespace, settings: Settings) -> Settings:
+    """Apply the command's flags to the environment the worker processes inherit.
+
+    Worker processes (and the metrics server) read their settings after
+    Dramatiq forks them; writing the effective values here keeps every process
+    of this worker in agreement.
+    """
+    queues = args.queues or settings.WORKER_QUEUES
+    effective = {
+        "WORKER_PROCESSES": str(args.processes or settings.WORKER_PROCESSES),
+        "WORKER_THREADS": str(args.threads or settings.WORKER_THREADS),
+        "WORKER_QUEUES": ",".join(queues),
+        "PROCESS_TYPE": settings.PROCESS_TYPE or ("-".join(queues) if queues else "all"),
+        "METRICS_PORT": str(settings.metrics_port),
+    }
+    os.environ.update(effective)
+    return settings.model_copy(
+        update={
+            "WORKER_PROCESSES": int(effective["WORKER_PROCESSES"]),
+            "WORKER_THREADS": int(effective["WORKER_THREADS"]),
+            "WORKER_QUEUES": list(queues),
+            "PROCESS_TYPE": effective["PROCESS_TYPE"],
+            "METRICS_PORT": settings.metrics_port,
+        }
+    )
 
 
 # greenroom send ---------------------------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import re
+from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
@@ -133,6 +134,7 @@ class Settings(BaseSettings):
 
     # Metrics and health server ------------------------------------------------
     METRICS_HOST: str = "127.0.0.1"
+    METRICS_DIR: Path | None = None
     METRICS_PORT: int | None = Field(default=None, ge=1, le=65535)
     PORT: int | None = Field(default=None, ge=1, le=65535)
 

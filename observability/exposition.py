@@ -1,0 +1,231 @@
+"""The health and metrics server of one ``greenroom worker`` (one per process type).
+
+It runs in a helper process that Dramatiq forks next to the worker processes
+and serves exactly three endpoints:
+
+- ``/metrics``: every worker process's metrics merged (Prometheus text format,
+  or OpenMetrics with exemplars when the scraper asks for it), plus
+  ``greenroom_queue_messages`` read from RabbitMQ and ``greenroom_build_info``;
+- ``/healthz``: 200 while the worker master and every registered worker
+  process are alive (liveness);
+- ``/readyz``: 200 once every expected worker process is consuming, 503 before
+  that and from the moment a SIGTERM arrives (readiness).
+
+Anything else is 404; only GET (and HEAD) are answered.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from prometheus_client import CollectorRegistry, multiprocess
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Exemplar
+
+from observability.exemplars import key_of, load_exemplars
+from observability.queue_depth import QueueDepthReader
+from observability.worker_registry import WorkerRegistry, pid_alive
+
+logger = logging.getLogger("greenroom.exposition")
+
+#: How often the helper process checks whether it should exit.
+WATCH_INTERVAL_SECONDS = 0.2
+
+
+class MergedWorkerCollector(Collector):
+    """The worker processes' metrics from the multiprocess directory, with exemplars.
+
+    Files of processes that died are folded in as prometheus_client documents
+    (``mark_process_dead``), so gauges of dead processes disappear while
+    counters keep their totals.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def collect(self) -> Iterator[Metric]:
+        self._mark_dead_processes()
+        exemplars = load_exemplars(self.directory)
+        for family in multiprocess.MultiProcessCollector(None, path=str(self.directory)).collect():
+            if family.type == "histogram" and exemplars:
+                family.samples = [self._with_exemplar(family.name, s, exemplars) for s in family.samples]
+            yield family
+
+    def _mark_dead_processes(self) -> None:
+        pids = {
+            int(p.stem.rsplit("_", 1)[1])
+            for p in self.directory.glob("*_*.db")
+            if p.stem.rsplit("_", 1)[1].isdigit()
+        }
+        for pid in pids:
+            if not pid_alive(pid):
+                multiprocess.mark_process_dead(pid, path=str(self.directory))
+
+    @staticmethod
+    def _with_exemplar(family: str, sample: Any, exemplars: dict[Any, Any]) -> Any:
+        if not sample.name.endswith("_bucket"):
+            return sample
+        labels = {k: v for k, v in sample.labels.items() if k != "le"}
+        found = exemplars.get(key_of(family, labels, sample.labels["le"]))
+        if found is None:
+            return sample
+        return sample._replace(exemplar=Exemplar({"trace_id": found.trace_id}, found.value, found.timestamp))
+
+
+class QueueMessagesCollector(Collector):
+    """``greenroom_queue_messages{queue,state}`` from RabbitMQ, at scrape time."""
+
+    def __init__(self, reader: QueueDepthReader) -> None:
+        self.reader = reader
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "greenroom_queue_messages",
+            "Messages in RabbitMQ by queue and state (ready, delayed, dead_letter), read at scrape time.",
+            labels=["queue", "state"],
+        )
+        for queue, depths in self.reader.read().items():
+            for state, count in depths.items():
+                family.add_metric([queue, state], count)
+        yield family
+
+
+class BuildInfoCollector(Collector):
+    def __init__(self, version: str) -> None:
+        self.version = version
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "greenroom_build_info", "greenroom version (always 1).", labels=["version"]
+        )
+        family.add_metric([self.version], 1)
+        yield family
+
+
+@dataclass
+class Health:
+    """Liveness and readiness of one ``greenroom worker``."""
+
+    workers: WorkerRegistry
+    expected_processes: int
+    master_pid: int
+    stopping: threading.Event
+
+    def liveness(self) -> tuple[bool, str]:
+        if not pid_alive(self.master_pid) or os.getppid() != self.master_pid:
+            return False, "worker master is gone"
+        dead = self.workers.dead()
+        if dead:
+            return False, f"worker processes died: {dead}"
+        return True, "ok"
+
+    def readiness(self) -> tuple[bool, str]:
+        if self.stopping.is_set():
+            return False, "shutting down"
+        live = len(self.workers.live())
+        if live < self.expected_processes:
+            return False, f"{live} of {self.expected_processes} worker processes consuming"
+        return True, "ok"
+
+
+def build_registry(directory: Path, queue_reader: QueueDepthReader, version: str) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(MergedWorkerCollector(directory))
+    registry.register(QueueMessagesCollector(queue_reader))
+    registry.register(BuildInfoCollector(version))
+    return registry
+
+
+def make_server(host: str, port: int, registry: CollectorRegistry, health: Health) -> ThreadingHTTPServer:
+    """An HTTP server answering /metrics, /healthz and /readyz only."""
+
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "greenroom"
+        sys_version = ""
+
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+                self._reply(200, encoder(registry), content_type)
+            elif path in ("/healthz", "/readyz"):
+                ok, reason = health.liveness() if path == "/healthz" else health.readiness()
+                self._reply(200 if ok else 503, f"{reason}\n".encode(), "text/plain; charset=utf-8")
+            else:
+                self._reply(404, b"not found\n", "text/plain; charset=utf-8")
+
+        def do_HEAD(self) -> None:
+            self.do_GET()
+
+        def _reply(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Scrapes and probes are not worth a log line each."""
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    return server
+
+
+def serve_until_workers_stop(server: ThreadingHTTPServer, health: Health) -> int:
+    """Serve until the worker processes are gone after a SIGTERM (or the master dies).
+
+    The first SIGTERM (Dramatiq's master forwards it) turns readiness off while
+    the worker processes drain; the server then exits once none is left. A
+    second SIGTERM exits at once.
+    """
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        if health.stopping.is_set():
+            raise SystemExit(0)
+        health.stopping.set()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    thread = threading.Thread(target=server.serve_forever, name="greenroom-exposition", daemon=True)
+    thread.start()
+    try:
+        while not _should_exit(health):
+            time.sleep(WATCH_INTERVAL_SECONDS)
+    finally:
+        server.shutdown()
+        server.server_close()
+    return 0
+
+
+def _should_exit(health: Health) -> bool:
+    if os.getppid() != health.master_pid:
+        return True
+    return health.stopping.is_set() and not health.workers.live()
+
+
+def prepare_directory(directory: Path) -> None:
+    """Empty ``directory`` (stale files from an earlier run would be counted again) and create it."""
+    if directory.is_dir():
+        for path in _files_below(directory):
+            path.unlink()
+    directory.mkdir(parents=True, exist_ok=True)
+
+
+def _files_below(directory: Path) -> Iterable[Path]:
+    return [p for p in directory.rglob("*") if p.is_file()]
+
+
+ServeFunction = Callable[[], int]

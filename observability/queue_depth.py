@@ -1,0 +1,93 @@
+"""Queue depths read from RabbitMQ at scrape time, bounded and briefly cached.
+
+For every queue it reports ``ready`` (the queue itself), ``delayed`` (its
+``.DQ``: delayed and retrying messages) and ``dead_letter`` (its ``.XQ``),
+using passive declares, which never create a queue. A scrape waits at most
+``timeout_seconds`` for RabbitMQ; scrapes closer together than
+``cache_seconds`` share one reading.
+
+>>> reader = QueueDepthReader("amqp://guest:guest@127.0.0.1:5672/%2F", lambda: ["default"])
+>>> reader.read()
+{'default': {'ready': 12, 'delayed': 0, 'dead_letter': 1}}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import pika
+import pika.exceptions
+
+logger = logging.getLogger("greenroom.exposition")
+
+STATES = {"ready": "", "delayed": ".DQ", "dead_letter": ".XQ"}
+
+Depths = dict[str, dict[str, int]]
+
+
+class QueueDepthReader:
+    def __init__(
+        self,
+        url: str,
+        queues: Callable[[], list[str]],
+        *,
+        cache_seconds: float = 5.0,
+        timeout_seconds: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.url = url
+        self.queues = queues
+        self.cache_seconds = cache_seconds
+        self.timeout_seconds = timeout_seconds
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._connection: pika.BlockingConnection | None = None
+        self._cached: Depths = {}
+        self._read_at = -float("inf")
+
+    def read(self) -> Depths:
+        with self._lock:
+            if self.clock() - self._read_at >= self.cache_seconds:
+                self._cached = self._read_all()
+                self._read_at = self.clock()
+            return self._cached
+
+    def _read_all(self) -> Depths:
+        try:
+            return {queue: self._read_queue(queue) for queue in self.queues()}
+        except (pika.exceptions.AMQPError, OSError) as error:
+            logger.warning("Could not read queue depths from RabbitMQ: %s", error or type(error).__name__)
+            self._disconnect()
+            return {}
+
+    def _read_queue(self, queue: str) -> dict[str, int]:
+        depths = {}
+        for state, suffix in STATES.items():
+            channel = self._connect().channel()
+            try:
+                reply = channel.queue_declare(queue + suffix, passive=True)
+                depths[state] = reply.method.message_count
+                channel.close()
+            except pika.exceptions.ChannelClosedByBroker:
+                depths[state] = 0  # not declared yet: nothing in it
+        return depths
+
+    def _connect(self) -> pika.BlockingConnection:
+        if self._connection is None or self._connection.is_closed:
+            parameters = pika.URLParameters(self.url)
+            parameters.socket_timeout = self.timeout_seconds
+            parameters.blocked_connection_timeout = self.timeout_seconds
+            parameters.connection_attempts = 1
+            parameters.heartbeat = 0  # a scrape-driven connection sits idle between scrapes
+            self._connection = pika.BlockingConnection(parameters)
+        return self._connection
+
+    def _disconnect(self) -> None:
+        if self._connection is not None and self._connection.is_open:
+            with contextlib.suppress(pika.exceptions.AMQPError):
+                self._connection.close()
+        self._connection = None
