@@ -5,7 +5,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup run test lint unit services clean
+.PHONY: setup run test lint unit services system-packages clean
 
 setup: $(VENV)/.installed
 
@@ -19,8 +19,8 @@ $(VENV)/.installed: pyproject.toml
 run: setup
 	$(BIN)/honcho start $(ARGS)
 
-## Lint, type-check, then the whole suite against real RabbitMQ, Redis and worker processes.
-test: setup lint
+## Lint, type-check, then the whole suite against real RabbitMQ, Redis, Prometheus and worker processes.
+test: setup system-packages lint
 	$(BIN)/pytest
 
 lint: setup
@@ -31,6 +31,10 @@ lint: setup
 ## Pure unit tests only (no services needed).
 unit: setup
 	$(BIN)/pytest tests/unit
+
+## Debian packages the tests use for real (prometheus, promtool, docker-compose).
+system-packages:
+	bash .ci/system-packages
 
 ## Start local RabbitMQ and Redis if they are not running (as CI does).
 services:

@@ -134,9 +134,9 @@ class Health:
     def readiness(self) -> tuple[bool, str]:
         if self.stopping.is_set():
             return False, "shutting down"
-        live = len(self.workers.live())
-        if live < self.expected_processes:
-            return False, f"{live} of {self.expected_processes} worker processes consuming"
+        ready = len(self.workers.ready())
+        if ready < self.expected_processes:
+            return False, f"{ready} of {self.expected_processes} worker processes consuming"
         return True, "ok"
 
 

@@ -34,10 +34,12 @@ from opentelemetry import trace
 from prometheus_client import Counter, Gauge, Histogram
 
 from observability.exemplars import ExemplarStore
-from observability.worker_registry import WorkerRegistry
+from observability.worker_registry import READY, STOPPING, WorkerRegistry
 
 #: Message option: epoch milliseconds at which the message became due (set on every enqueue).
 READY_AT_OPTION = "greenroom_ready_at"
+
+OUTCOMES = ("success", "retry", "failure", "skipped")
 
 DURATION_BUCKETS = (
     0.005,
@@ -141,19 +143,27 @@ class Metrics(Middleware):
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         CAPACITY.set(worker.worker_threads)
+        # Start every outcome of every actor at 0: rate() cannot see the first
+        # increment of a series that appears with value 1.
+        for name in broker.get_declared_actors():
+            queue = broker.get_actor(name).queue_name
+            for outcome in OUTCOMES:
+                TASKS.labels(queue, name, outcome)
         if self.exemplars is not None:
             self.exemplars.start()
         if self.worker_registry is not None:
-            self.worker_registry.mark_ready(os.getpid())
+            self.worker_registry.mark(os.getpid(), READY)
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         if self.worker_registry is not None:
-            self.worker_registry.mark_stopping(os.getpid())
+            self.worker_registry.mark(os.getpid(), STOPPING)
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         CAPACITY.set(0)
         if self.exemplars is not None:
             self.exemplars.stop()
+        if self.worker_registry is not None:
+            self.worker_registry.remove(os.getpid())
 
     # Messages ------------------------------------------------------------------------
 
@@ -183,7 +193,7 @@ class Metrics(Middleware):
         self._finish(message, "failure" if message.failed else "retry")
 
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
-        self._finish(message, "failure" if message.failed else "skipped")
+        self._finish(message, "failure" if message.failed else "skipped")  # failure: dead-lettered
 
     def _finish(self, message: MessageProxy, outcome: str) -> None:
         started = self._started.pop(threading.get_ident(), None)

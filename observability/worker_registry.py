@@ -1,14 +1,15 @@
 """Which worker processes of one ``greenroom worker`` are up and consuming.
 
-Each worker process drops a marker file named after its pid once it consumes,
-and removes it when it starts shutting down. The health server reads the
-markers: liveness = no registered process has died; readiness = as many live
-markers as expected processes, and no shutdown under way.
+Each worker process keeps a marker file named after its pid: ``ready`` once
+it consumes, ``stopping`` from the start of its shutdown, removed once it has
+shut down. The health server reads the markers: liveness = no registered
+process has died; readiness = as many ``ready`` processes as expected, and no
+shutdown under way.
 
 >>> registry = WorkerRegistry(Path("/tmp/greenroom/metrics/default-9300/workers"))
->>> registry.mark_ready(os.getpid())
->>> registry.live(), registry.dead()
-([12345], [])
+>>> registry.mark(os.getpid(), READY)
+>>> registry.ready(), registry.live(), registry.dead()
+([12345], [12345], [])
 """
 
 from __future__ import annotations
@@ -29,27 +30,39 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+READY = "ready"
+STOPPING = "stopping"
+
+
 class WorkerRegistry:
-    """Ready markers of worker processes, one empty file per pid."""
+    """State markers of worker processes, one small file per pid."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
 
-    def mark_ready(self, pid: int) -> None:
+    def mark(self, pid: int, state: str) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        (self.directory / str(pid)).touch()
+        (self.directory / str(pid)).write_text(state)
 
-    def mark_stopping(self, pid: int) -> None:
+    def remove(self, pid: int) -> None:
         with contextlib.suppress(FileNotFoundError):
             (self.directory / str(pid)).unlink()
 
-    def registered(self) -> list[int]:
+    def states(self) -> dict[int, str]:
         if not self.directory.is_dir():
-            return []
-        return sorted(int(path.name) for path in self.directory.iterdir() if path.name.isdigit())
+            return {}
+        found = {}
+        for path in self.directory.iterdir():
+            if path.name.isdigit():
+                with contextlib.suppress(FileNotFoundError):
+                    found[int(path.name)] = path.read_text()
+        return found
+
+    def ready(self) -> list[int]:
+        return sorted(pid for pid, state in self.states().items() if state == READY and pid_alive(pid))
 
     def live(self) -> list[int]:
-        return [pid for pid in self.registered() if pid_alive(pid)]
+        return sorted(pid for pid in self.states() if pid_alive(pid))
 
     def dead(self) -> list[int]:
-        return [pid for pid in self.registered() if not pid_alive(pid)]
+        return sorted(pid for pid in self.states() if not pid_alive(pid))

@@ -112,7 +112,9 @@ def _purge_all(rabbitmq_url: str) -> None:
 
 
 @pytest.fixture
-def service_env(rabbitmq_url: str, redis_url: str, otlp_receiver: OtlpReceiver) -> dict[str, str]:
+def service_env(
+    rabbitmq_url: str, redis_url: str, otlp_receiver: OtlpReceiver, tmp_path: Path
+) -> dict[str, str]:
     """Environment for greenroom subprocesses: the test services, nothing from the caller's config."""
     env = {key: value for key, value in os.environ.items() if not _is_greenroom_setting(key)}
     env.update(
@@ -124,12 +126,13 @@ def service_env(rabbitmq_url: str, redis_url: str, otlp_receiver: OtlpReceiver) 
         TASK_MIN_BACKOFF_SECONDS="0.1",
         OTEL_EXPORTER_OTLP_ENDPOINT=otlp_receiver.endpoint,
         OTEL_EXPORTER_OTLP_PROTOCOL=otlp_receiver.protocol,
+        METRICS_DIR=str(tmp_path / "metrics"),
     )
     return env
 
 
 def _is_greenroom_setting(key: str) -> bool:
-    return key in Settings.model_fields or key.startswith("OTEL_")
+    return key in Settings.model_fields or key.startswith(("OTEL_", "PROMETHEUS_"))
 
 
 @pytest.fixture

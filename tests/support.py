@@ -6,10 +6,13 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,31 @@ REPO = Path(__file__).resolve().parent.parent
 GREENROOM = str(Path(sys.executable).with_name("greenroom"))
 
 READY_LINE = "Worker process is ready for action."
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def http_get(url: str, accept: str = "*/*") -> tuple[int, str]:
+    """(status, body) of a GET; connection errors raise."""
+    request = urllib.request.Request(url, headers={"Accept": accept})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def http_status(url: str) -> int:
+    """The status of a GET, or 0 if nothing answers."""
+    try:
+        return http_get(url)[0]
+    except OSError:
+        return 0
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
@@ -34,6 +62,7 @@ class Process:
 
     def __init__(self, argv: Sequence[str], env: Mapping[str, str], cwd: Path) -> None:
         self.argv = list(argv)
+        self.env = dict(env)
         self.lines: list[str] = []
         self._lock = threading.Lock()
         self.popen = subprocess.Popen(
@@ -130,7 +159,18 @@ class Worker(Process):
         if queues:
             argv += ["--queues", *queues]
         self.processes = processes
-        super().__init__(argv, env, cwd)
+        self.metrics_port = int(env.get("METRICS_PORT") or free_port())
+        super().__init__(argv, {**env, "METRICS_PORT": str(self.metrics_port)}, cwd)
+
+    def worker_pids(self) -> list[int]:
+        """Pids of the Dramatiq worker processes (not the master, not the metrics server)."""
+        directory = Path(self.env["METRICS_DIR"])
+        return sorted(
+            int(p.name) for p in directory.glob(f"*-{self.metrics_port}/workers/*") if p.name.isdigit()
+        )
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}{path}"
 
     def wait_ready(self, timeout: float = 30) -> Worker:
         wait_for(
@@ -139,6 +179,7 @@ class Worker(Process):
             f"{self.processes} worker processes to be ready",
         )
         assert self.popen.poll() is None, f"worker exited early:\n{self.output()}"
+        wait_for(lambda: http_status(self.url("/readyz")) == 200, timeout, "/readyz to answer 200")
         return self
 
     def task_events(self) -> list[dict[str, Any]]:

@@ -81,7 +81,7 @@ def test_sigterm_to_the_whole_process_group_is_still_graceful(
     # When: the worker process gets SIGTERM directly, then once more from its master
     #   (what a group-wide SIGTERM amounts to; sent in two steps so the kernel
     #   cannot merge the two signals into one)
-    [child] = _children(worker.pid)
+    [child] = worker.worker_pids()
     os.kill(child, signal.SIGTERM)
     wait_for(lambda: worker.count("Stopping worker process") == 1, 10, "the worker process to start stopping")
     worker.signal(signal.SIGTERM)
@@ -91,8 +91,3 @@ def test_sigterm_to_the_whole_process_group_is_still_graceful(
     assert worker.count("Ignoring a repeated SIGTERM") == 1
     assert len(_succeeded(worker.task_events())) == 4
     assert [h.result(timeout=1) for h in handles] == [0, 1, 2, 3]
-
-
-def _children(pid: int) -> list[int]:
-    with open(f"/proc/{pid}/task/{pid}/children") as children:
-        return [int(child) for child in children.read().split()]

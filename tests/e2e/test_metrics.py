@@ -1,0 +1,134 @@
+"""A real `greenroom worker` serves /metrics, /healthz and /readyz; counters match known traffic."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from shared.errors import TaskFailed
+from shared.producer import Producer
+from tests.e2e.conftest import StartWorker
+from tests.support import Worker, http_get, run_cli, wait_for
+
+OPENMETRICS = "application/openmetrics-text; version=1.0.0"
+
+
+def _samples(worker: Worker, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    status, body = http_get(worker.url("/metrics"))
+    assert status == 200
+    return {
+        tuple(sorted(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+        if sample.name == name
+    }
+
+
+def _tasks_total(worker: Worker, actor: str, outcome: str) -> float:
+    key = (
+        ("actor", actor),
+        ("outcome", outcome),
+        ("queue", "default" if actor in ("echo", "fail") else "reports"),
+    )
+    return _samples(worker, "greenroom_tasks_total").get(key, 0.0)
+
+
+def test_health_endpoints_follow_the_worker_lifecycle(start_worker: StartWorker, producer: Producer) -> None:
+    # Given: a started worker
+    worker = start_worker(processes=2, threads=2)  # returns once /readyz answers 200
+
+    # Then
+    assert http_get(worker.url("/healthz")) == (200, "ok\n")
+    assert http_get(worker.url("/nothing-else"))[0] == 404
+    assert http_get(worker.url("/metrics?x=1"))[0] == 200
+
+    # When: SIGTERM while tasks are still running
+    producer.send_many("echo", [{"payload": n, "delay_ms": 2000} for n in range(4)])
+    wait_for(lambda: producer.broker.get_queue_message_counts("default")[0] == 0, 10, "tasks to be taken")
+    worker.signal(signal.SIGTERM)
+
+    # Then: not ready while draining, then gone, exit 0
+    wait_for(lambda: http_get(worker.url("/readyz")) == (503, "shutting down\n"), 5, "readiness to drop")
+    assert worker.wait(timeout=30) == 0, worker.output()
+
+
+def test_counters_equal_known_traffic_summed_across_processes(
+    start_worker: StartWorker, producer: Producer
+) -> None:
+    # Given: two worker processes
+    worker = start_worker(processes=2, threads=4)
+
+    # When: 30 successes, 3 failures, and one task that retries twice then succeeds
+    handles = producer.send_many("echo", [{"payload": n} for n in range(30)])
+    failing = [producer.send("fail") for _ in range(3)]
+    flaky = producer.send("reports.sync_inventory", source="s", fail_first=2)
+    assert [h.result(timeout=20) for h in handles] == list(range(30))
+    for handle in failing:
+        with pytest.raises(TaskFailed):
+            handle.result(timeout=10)
+    assert flaky.result(timeout=20)["attempts"] == 3
+    worker.wait_for_task_events(36)
+
+    # Then: exact counts, summed over both processes' files
+    assert _tasks_total(worker, "echo", "success") == 30
+    assert _tasks_total(worker, "fail", "failure") == 3
+    assert _tasks_total(worker, "reports.sync_inventory", "retry") == 2
+    assert _tasks_total(worker, "reports.sync_inventory", "success") == 1
+    by_pid = {e["message_id"] for e in worker.task_events()}
+    assert len(by_pid) == 34
+    durations = _samples(worker, "greenroom_task_duration_seconds_count")
+    assert durations[(("actor", "echo"), ("queue", "default"))] == 30
+    waits = _samples(worker, "greenroom_task_queue_wait_seconds_count")
+    assert waits[(("actor", "reports.sync_inventory"), ("queue", "reports"))] == 3
+    assert _samples(worker, "greenroom_worker_capacity") == {(): 8.0}
+    assert _samples(worker, "greenroom_tasks_in_progress")[(("actor", "echo"), ("queue", "default"))] == 0
+    queue_messages = _samples(worker, "greenroom_queue_messages")
+    assert queue_messages[(("queue", "default"), ("state", "dead_letter"))] == 3
+    assert queue_messages[(("queue", "default"), ("state", "ready"))] == 0
+    assert list(_samples(worker, "greenroom_build_info")) == [(("version", "0.1.0"),)]
+
+
+def test_histograms_carry_trace_id_exemplars_in_openmetrics(
+    start_worker: StartWorker, producer: Producer
+) -> None:
+    worker = start_worker(processes=1, threads=2)
+    handle = producer.send("echo", payload=1)
+    handle.result(timeout=10)
+
+    def exemplar_lines() -> list[str]:
+        status, body = http_get(worker.url("/metrics"), accept=OPENMETRICS)
+        assert status == 200
+        return [
+            line
+            for line in body.splitlines()
+            if line.startswith("greenroom_task_duration") and " # {" in line
+        ]
+
+    wait_for(lambda: bool(exemplar_lines()), 10, "an exemplar on the duration histogram")
+    [line] = exemplar_lines()
+    [event] = worker.wait_for_task_events(1)
+    assert f'trace_id="{event["trace_id"]}"' in line
+    assert "trace_id" not in http_get(worker.url("/metrics"))[1]  # the classic text format has none
+
+
+def test_two_process_types_on_one_host_do_not_clash(
+    start_worker: StartWorker, producer: Producer, service_env: dict[str, str], workdir: object
+) -> None:
+    default = start_worker(processes=1, threads=2, queues=["default"])
+    reports = start_worker(processes=1, threads=2, queues=["reports"])
+    producer.send("echo", payload=1).result(timeout=10)
+    producer.send("reports.build", report_id="r", rows=100).result(timeout=10)
+    wait_for(lambda: _tasks_total(reports, "reports.build", "success") == 1, 5, "reports metrics")
+    assert _tasks_total(default, "echo", "success") == 1
+    assert _tasks_total(reports, "echo", "success") == 0
+    assert _tasks_total(default, "reports.build", "success") == 0
+
+    # A third worker on a port already taken stops at once with one line
+    env = {**service_env, "METRICS_PORT": str(default.metrics_port)}
+    completed = run_cli(["worker"], env, workdir)  # type: ignore[arg-type]
+    assert completed.returncode == 2
+    assert completed.stderr.startswith(
+        f"greenroom: error: METRICS_PORT {default.metrics_port} on 127.0.0.1 is in use"
+    )
