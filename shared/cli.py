@@ -109,6 +109,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for the round trip (default: 10)",
     )
     check.set_defaults(run=run_check)
+
+    healthcheck = _command(
+        commands,
+        "healthcheck",
+        "Exit 0 if this host's worker answers /healthz on METRICS_PORT (for Docker's HEALTHCHECK).",
+        "greenroom healthcheck",
+    )
+    healthcheck.set_defaults(run=run_healthcheck)
+
+    demo = _command(
+        commands,
+        "demo-producer",
+        "Send a steady mix of tasks (echo, reports, retries, failures) until stopped.",
+        "greenroom demo-producer --rate 5 --duration 60",
+    )
+    demo.add_argument("--rate", type=_positive_float, default=5.0, help="tasks per second (default: 5)")
+    demo.add_argument(
+        "--duration", type=_positive_float, help="stop after this many seconds (default: run until SIGTERM)"
+    )
+    demo.set_defaults(run=run_demo_producer)
     return parser
 
 
@@ -120,8 +140,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as error:
         print(f"greenroom: error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    # A worker's logs are its output (stdout); other commands answer on stdout and log to stderr.
-    log_stream: Literal["stdout", "stderr"] = "stdout" if args.run is run_worker else "stderr"
+    # A service's logs are its output (stdout); other commands answer on stdout and log to stderr.
+    services = (run_worker, run_demo_producer)
+    log_stream: Literal["stdout", "stderr"] = "stdout" if args.run in services else "stderr"
     configure_logging(level=settings.LOG_LEVEL, fmt=settings.LOG_FORMAT, stream=log_stream)
     run: Callable[[argparse.Namespace, Settings], int] = args.run
     return run(args, settings)
@@ -302,6 +323,37 @@ def _check_roundtrip(settings: Settings, timeout: float) -> bool:
         return False
     print(f"roundtrip ok (message {handle.message_id})")
     return True
+
+
+# greenroom healthcheck / demo-producer ------------------------------------------------
+
+
+def run_healthcheck(args: argparse.Namespace, settings: Settings) -> int:
+    """GET /healthz of the worker on this host."""
+    import urllib.error
+    import urllib.request
+
+    url = f"http://127.0.0.1:{settings.metrics_port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=CHECK_TIMEOUT_SECONDS) as response:
+            print(f"healthy ({url})")
+            return EXIT_OK if response.status == 200 else EXIT_FAILED
+    except (urllib.error.URLError, OSError) as error:
+        print(f"unhealthy ({url}): {error}")
+        return EXIT_FAILED
+
+
+def run_demo_producer(args: argparse.Namespace, settings: Settings) -> int:
+    """Send demo traffic."""
+    from shared.demo_producer import run_demo
+    from shared.producer import Producer
+
+    producer = Producer(settings)
+    try:
+        run_demo(producer, rate=args.rate, duration=args.duration)
+    finally:
+        producer.close()
+    return EXIT_OK
 
 
 # argument types ---------------------------------------------------------------------

@@ -84,6 +84,9 @@ class Settings(BaseSettings):
         validate_default=True,
     )
 
+    # Deployment ------------------------------------------------------------------
+    ENVIRONMENT: Literal["development", "production"] = "development"
+
     # Backing services ---------------------------------------------------------
     RABBITMQ_URL: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/%2F")
     REDIS_URL: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
@@ -179,9 +182,18 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _no_default_credentials_in_production(self) -> Settings:
+        parts = urlsplit(self.rabbitmq_url)
+        if self.ENVIRONMENT == "production" and (parts.username, parts.password) == ("guest", "guest"):
+            raise ValueError(
+                "RABBITMQ_URL: the default guest/guest credentials are refused when ENVIRONMENT=production"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _backoff_order(self) -> Settings:
         if self.TASK_MIN_BACKOFF_SECONDS > self.TASK_MAX_BACKOFF_SECONDS:
-            raise ValueError("TASK_MIN_BACKOFF_SECONDS must not exceed TASK_MAX_BACKOFF_SECONDS")
+            raise ValueError("TASK_MIN_BACKOFF_SECONDS: must not exceed TASK_MAX_BACKOFF_SECONDS")
         return self
 
     # Derived values ---------------------------------------------------------------
@@ -220,9 +232,11 @@ class Settings(BaseSettings):
 
 
 def _describe(error: ErrorDetails) -> str:
-    name = ".".join(str(part) for part in error["loc"]) or "settings"
+    name = ".".join(str(part) for part in error["loc"])
     reason = str(error["msg"]).removeprefix("Value error, ")
-    if name in _SECRET_FIELDS or not error["loc"]:
+    if not name:
+        return reason  # a rule across variables: the reason names them
+    if name in _SECRET_FIELDS:
         return f"{name}: {reason}"
     return f"{name}={error['input']!r}: {reason}"
 

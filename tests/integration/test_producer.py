@@ -115,3 +115,13 @@ def test_check_fails_when_a_service_is_unreachable(service_env: dict[str, str], 
     completed = run_cli(["check"], env, workdir)
     assert completed.returncode == 1
     assert "redis FAILED redis://127.0.0.1:1/0" in completed.stdout
+
+
+def test_demo_producer_sends_a_steady_mix_and_stops_by_itself(
+    producer: Producer, service_env: dict[str, str], workdir: Path
+) -> None:
+    completed = run_cli(["demo-producer", "--rate", "40", "--duration", "1.5"], service_env, workdir)
+    assert completed.returncode == 0, completed.stderr
+    queued = sum(_ready(producer, queue) for queue in ("default", "reports"))
+    assert 30 <= queued <= 70
+    assert _ready(producer, "default") > _ready(producer, "reports")  # echo dominates the mix

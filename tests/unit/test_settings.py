@@ -87,8 +87,20 @@ def test_bad_value_raises_settings_error_naming_the_variable(clean_env: Path) ->
 
 
 def test_min_backoff_above_max_is_refused(clean_env: Path) -> None:
-    with pytest.raises(SettingsError, match="TASK_MIN_BACKOFF_SECONDS must not exceed"):
+    with pytest.raises(
+        SettingsError, match="TASK_MIN_BACKOFF_SECONDS: must not exceed TASK_MAX_BACKOFF_SECONDS"
+    ):
         load_settings(TASK_MIN_BACKOFF_SECONDS=10, TASK_MAX_BACKOFF_SECONDS=5)
+
+
+def test_guest_credentials_are_refused_in_production(clean_env: Path) -> None:
+    with pytest.raises(SettingsError, match="RABBITMQ_URL: the default guest/guest credentials are refused"):
+        load_settings(ENVIRONMENT="production")
+    assert (
+        load_settings(ENVIRONMENT="production", RABBITMQ_URL="amqp://app:s3cret@rabbit/%2F").ENVIRONMENT
+        == "production"
+    )
+    assert load_settings(ENVIRONMENT="development").rabbitmq_url.startswith("amqp://guest:guest@")
 
 
 BAD_VALUES = [
