@@ -10,8 +10,11 @@ True
 
 from __future__ import annotations
 
+from typing import Any
+
 import dramatiq
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.common import xq_name
 from dramatiq.middleware import (
     AgeLimit,
     Callbacks,
@@ -31,6 +34,25 @@ from shared.settings import Settings
 from shared.telemetry import Role, tracing_middleware
 from shared.worker_metrics import metrics_middleware
 from shared.worker_signals import CoalesceTermSignals
+
+
+class GreenroomBroker(RabbitmqBroker):
+    """RabbitmqBroker whose dead-letter queues keep messages DEAD_LETTER_TTL_SECONDS.
+
+    Dramatiq reads its retention (7 days) from an environment variable at import
+    time; here it is a setting. RabbitMQ refuses to re-declare a queue with other
+    arguments: after changing the retention, delete the ``.XQ`` queues (empty
+    them with ``greenroom dlq replay --all`` first) or apply a RabbitMQ policy.
+    """
+
+    def __init__(self, *, dead_letter_ttl_ms: int, **options: Any) -> None:
+        super().__init__(**options)
+        self.dead_letter_ttl_ms = dead_letter_ttl_ms
+
+    def _declare_xq_queue(self, queue_name: str) -> Any:
+        return self.channel.queue_declare(
+            queue=xq_name(queue_name), durable=True, arguments={"x-message-ttl": self.dead_letter_ttl_ms}
+        )
 
 
 def build_result_backend(settings: Settings) -> RedisResultBackend:
@@ -69,10 +91,11 @@ def build_broker(
             result_ttl=settings.RESULT_TTL_SECONDS * 1000,
         ),
     ]
-    return RabbitmqBroker(
+    return GreenroomBroker(
         url=settings.rabbitmq_url,
         confirm_delivery=settings.BROKER_CONFIRM_DELIVERY,
         middleware=middleware,
+        dead_letter_ttl_ms=settings.DEAD_LETTER_TTL_SECONDS * 1000,
     )
 
 

@@ -110,6 +110,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(run=run_check)
 
+    dlq = _command(
+        commands,
+        "dlq",
+        "Inspect, replay or purge dead-lettered messages (<queue>.XQ).",
+        "greenroom dlq list --queue default && greenroom dlq replay --queue default --all",
+    )
+    dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+    dlq_list = _command(
+        dlq_commands, "list", "Show dead letters (id, actor, age, arguments, error) without consuming them.",
+        "greenroom dlq list --queue default --limit 20",
+    )  # fmt: skip
+    dlq_list.add_argument(
+        "--limit", type=_positive_int, default=100, help="at most this many per queue (default: 100)"
+    )
+    dlq_replay = _command(
+        dlq_commands, "replay", "Move dead letters back to their queue (all, or by message id).",
+        "greenroom dlq replay --queue default --id 0c1f5a3e-... --fresh-retries",
+    )  # fmt: skip
+    which = dlq_replay.add_mutually_exclusive_group(required=True)
+    which.add_argument("--id", dest="ids", nargs="+", metavar="ID", help="message ids to replay")
+    which.add_argument("--all", action="store_true", help="replay every dead letter")
+    dlq_replay.add_argument("--fresh-retries", action="store_true", help="reset the retry count")
+    dlq_purge = _command(
+        dlq_commands, "purge", "Delete dead letters for good (asks for confirmation).",
+        "greenroom dlq purge --queue default --yes",
+    )  # fmt: skip
+    dlq_purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    for action in (dlq_list, dlq_replay, dlq_purge):
+        action.add_argument(
+            "--queue", "-Q", action="append", metavar="Q", help="a queue (default: every task queue)"
+        )
+    dlq.set_defaults(run=run_dlq)
+
     healthcheck = _command(
         commands,
         "healthcheck",
@@ -323,6 +356,48 @@ def _check_roundtrip(settings: Settings, timeout: float) -> bool:
         return False
     print(f"roundtrip ok (message {handle.message_id})")
     return True
+
+
+# greenroom dlq -------------------------------------------------------------------------
+
+
+def run_dlq(args: argparse.Namespace, settings: Settings) -> int:
+    """List, replay or purge dead letters."""
+    from shared.dlq import DeadLetters
+    from shared.producer import Producer
+    from shared.tasks import TASKS
+
+    queues = args.queue or sorted({contract.queue for contract in TASKS.values()})
+    producer = Producer(settings)
+    letters = DeadLetters(producer)
+    try:
+        for queue in queues:
+            if args.dlq_command == "list":
+                found = letters.list(queue, limit=args.limit)
+                print(f"{queue}.XQ: {len(found)} dead letter(s)")
+                for letter in found:
+                    print(f"  {letter.line()}")
+            elif args.dlq_command == "replay":
+                ids = None if args.all else set(args.ids)
+                count = letters.replay(queue, ids=ids, fresh_retries=args.fresh_retries)
+                print(f"{queue}.XQ: replayed {count} to {queue}")
+            else:
+                if not args.yes and not _confirm(
+                    f"Delete every dead letter of {queue}? Type the queue name: ", queue
+                ):
+                    print(f"{queue}.XQ: left as it was")
+                    continue
+                print(f"{queue}.XQ: purged {letters.purge(queue)}")
+    finally:
+        producer.close()
+    return EXIT_OK
+
+
+def _confirm(prompt: str, expected: str) -> bool:
+    try:
+        return input(prompt).strip() == expected
+    except EOFError:
+        return False
 
 
 # greenroom healthcheck / demo-producer ------------------------------------------------

@@ -18,7 +18,9 @@ the message.
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +34,7 @@ from opentelemetry.trace import TracerProvider
 
 from observability.tracing import Tracing
 from shared.broker import build_broker, build_result_backend
-from shared.errors import GreenroomError, PublishError, ResultTimeout, TaskFailed
+from shared.errors import GreenroomError, InvalidTaskArguments, PublishError, ResultTimeout, TaskFailed
 from shared.results import RedisResultBackend
 from shared.settings import Settings, get_settings
 from shared.tasks import TaskContract, get_task
@@ -40,6 +42,12 @@ from shared.telemetry import ensure_producer_tracing
 
 #: How long TaskHandle.result() waits when no timeout is given, in seconds.
 DEFAULT_RESULT_TIMEOUT = 10.0
+
+#: Backoff between publish attempts while RabbitMQ is unreachable.
+SEND_RETRY_FIRST_DELAY_SECONDS = 0.1
+SEND_RETRY_MAX_DELAY_SECONDS = 1.0
+
+logger = logging.getLogger("greenroom.producer")
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,24 +146,58 @@ class Producer:
         self.broker.close()
         self.backend.client.close()
 
-    @staticmethod
-    def _message(contract: TaskContract, kwargs: Mapping[str, Any]) -> dramatiq.Message[Any]:
-        return dramatiq.Message(
+    def _message(self, contract: TaskContract, kwargs: Mapping[str, Any]) -> dramatiq.Message[Any]:
+        """A validated message; too large a one raises InvalidTaskArguments (MAX_MESSAGE_BYTES)."""
+        message: dramatiq.Message[Any] = dramatiq.Message(
             queue_name=contract.queue,
             actor_name=contract.name,
             args=(),
             kwargs=contract.validate(kwargs),
             options={},
         )
+        size = len(message.encode())
+        if size > self.settings.MAX_MESSAGE_BYTES:
+            raise InvalidTaskArguments(
+                contract.name,
+                f"message is {size} bytes, more than MAX_MESSAGE_BYTES ({self.settings.MAX_MESSAGE_BYTES})",
+            )
+        return message
 
     def _publish(self, message: dramatiq.Message[Any]) -> None:
-        try:
-            self.broker.enqueue(message)
-        except BrokerConnectionError as error:
-            for middleware in self.broker.middleware:
-                if isinstance(middleware, Tracing):
-                    middleware.abandon_publish(error)
-            raise PublishError(f"could not publish message {message.message_id}: {error}") from None
+        """Publish, riding out a broker outage for up to SEND_RETRY_TIMEOUT_SECONDS.
+
+        Dramatiq retries a failed publish a few times at once; a restarting
+        RabbitMQ needs seconds, so this retries with exponential backoff until
+        the deadline, then raises PublishError. A publish whose confirmation
+        was lost may be retried after RabbitMQ did store it: the message then
+        arrives twice, with the same message id (at-least-once).
+        """
+        deadline = time.monotonic() + self.settings.SEND_RETRY_TIMEOUT_SECONDS
+        delay = SEND_RETRY_FIRST_DELAY_SECONDS
+        while True:
+            try:
+                self.broker.enqueue(message)
+                return
+            except BrokerConnectionError as error:
+                self._abandon_span(error)
+                if time.monotonic() + delay > deadline:
+                    raise PublishError(
+                        f"could not publish message {message.message_id} within "
+                        f"{self.settings.SEND_RETRY_TIMEOUT_SECONDS:g}s: {error}"
+                    ) from None
+                logger.warning(
+                    "Publish failed, retrying in %.2fs: %s",
+                    delay,
+                    error,
+                    extra={"message_id": message.message_id},
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, SEND_RETRY_MAX_DELAY_SECONDS)
+
+    def _abandon_span(self, error: BaseException) -> None:
+        for middleware in self.broker.middleware:
+            if isinstance(middleware, Tracing):
+                middleware.abandon_publish(error)
 
 
 _default_producer: Producer | None = None

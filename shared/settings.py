@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     RABBITMQ_URL: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/%2F")
     REDIS_URL: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     BROKER_CONFIRM_DELIVERY: bool = True
+    SEND_RETRY_TIMEOUT_SECONDS: float = Field(default=10.0, ge=0, le=600)
+    MAX_MESSAGE_BYTES: int = Field(default=1_048_576, ge=1024, le=134_217_728)
+    DEAD_LETTER_TTL_SECONDS: int = Field(default=7 * 86400, ge=60)
     RESULT_TTL_SECONDS: int = Field(default=3600, gt=0)
 
     # Worker processes -----------------------------------------------------------
