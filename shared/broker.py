@@ -57,7 +57,7 @@ class GreenroomBroker(RabbitmqBroker):
 
 def build_result_backend(settings: Settings) -> RedisResultBackend:
     """The Redis result backend at REDIS_URL."""
-    return RedisResultBackend(url=settings.redis_url)
+    return RedisResultBackend(url=settings.redis_url, store_retry_seconds=settings.RESULT_STORE_RETRY_SECONDS)
 
 
 def build_broker(

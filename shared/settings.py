@@ -95,6 +95,7 @@ class Settings(BaseSettings):
     MAX_MESSAGE_BYTES: int = Field(default=1_048_576, ge=1024, le=134_217_728)
     DEAD_LETTER_TTL_SECONDS: int = Field(default=7 * 86400, ge=60)
     RESULT_TTL_SECONDS: int = Field(default=3600, gt=0)
+    RESULT_STORE_RETRY_SECONDS: float = Field(default=30.0, ge=0, le=600)
 
     # Worker processes -----------------------------------------------------------
     WORKER_PROCESSES: int = Field(default=2, ge=1, le=256)

@@ -9,13 +9,16 @@ import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from shared.errors import TaskFailed
 from shared.producer import Producer, TaskHandle
+from shared.settings import Settings
 from tests.e2e.conftest import StartWorker
-from tests.support import Worker, wait_for
+from tests.support import Worker, free_port, wait_for
 
 TASKS = 1000
 
@@ -150,3 +153,66 @@ def test_task_past_its_time_limit_is_interrupted_and_reported(
     [event] = [e for e in worker.wait_for_task_events(2) if e["message_id"] == slow.message_id]
     assert event["event"] == "failed"
     assert producer.broker.get_queue_message_counts("default")[2] == 1
+
+
+class PrivateRedis:
+    """A redis-server of the test's own on a free port: stopping it leaves the machine's Redis alone."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.directory = directory
+
+    def start(self) -> None:
+        options = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        options += [
+            "--dir",
+            str(self.directory),
+            "--daemonize",
+            "yes",
+            "--logfile",
+            str(self.directory / "redis.log"),
+        ]
+        subprocess.run(["redis-server", *options], check=True, capture_output=True, timeout=30)
+        wait_for(self.answers, 10, "the private Redis")
+
+    def stop(self) -> None:
+        subprocess.run(
+            ["redis-cli", "-p", str(self.port), "shutdown", "nosave"], capture_output=True, timeout=30
+        )
+        wait_for(lambda: not self.answers(), 10, "the private Redis to stop")
+
+    def answers(self) -> bool:
+        completed = subprocess.run(
+            ["redis-cli", "-p", str(self.port), "ping"], capture_output=True, text=True
+        )
+        return completed.stdout.strip() == "PONG"
+
+
+def test_redis_outage_delays_results_but_loses_none(
+    start_worker: StartWorker, settings: Settings, tmp_path: Path, clean_queues: None
+) -> None:
+    # Given: a worker and a producer on a Redis that is about to go away
+    redis = PrivateRedis(tmp_path)
+    redis.start()
+    try:
+        url = f"redis://127.0.0.1:{redis.port}/0"
+        worker = start_worker(processes=1, threads=4, env={"REDIS_URL": url})
+        producer = Producer(settings.model_copy(update={"REDIS_URL": SecretStr(url)}))
+
+        # When: tasks run while Redis is down for 3 seconds
+        redis.stop()
+        handles = producer.send_many("echo", [{"payload": n} for n in range(50)])
+        wait_for(lambda: worker.count("Redis unavailable, retrying") >= 1, 15, "a retried result store")
+        time.sleep(3)
+        redis.start()
+        restarted = time.monotonic()
+
+        # Then: every result arrives, the worker never stopped
+        results = [handle.result(timeout=60) for handle in handles]
+        assert results == list(range(50))
+        assert worker.popen.poll() is None
+        assert worker.count("not stored") == 0
+        _report("Redis down 3 s", handles, results, _duplicates(worker), 0, time.monotonic() - restarted)
+        producer.close()
+    finally:
+        redis.stop()
