@@ -24,6 +24,7 @@ from typing import Any
 
 import dramatiq
 import pika
+import pika.exceptions
 import redis
 from dramatiq.common import xq_name
 from dramatiq.errors import DecodeError
@@ -55,8 +56,18 @@ class DeadLetters:
     def __init__(self, producer: Producer) -> None:
         self.producer = producer
 
+    def count(self, queue: str) -> int:
+        """Dead letters of ``queue`` now (0 if its dead-letter queue was never declared)."""
+        with self._channel() as channel:
+            try:
+                return int(channel.queue_declare(xq_name(queue), passive=True).method.message_count)
+            except pika.exceptions.ChannelClosedByBroker:
+                return 0
+
     def list(self, queue: str, *, limit: int = DEFAULT_LIMIT) -> list[DeadLetter]:
         """Up to ``limit`` dead letters of ``queue``, oldest first; all stay in the queue."""
+        if not self.count(queue):
+            return []
         with self._channel() as channel:
             letters = [letter for _tag, letter in self._read(channel, queue, limit)]
             # Closing the channel without acknowledging returns every message to the queue.
@@ -64,10 +75,13 @@ class DeadLetters:
 
     def replay(self, queue: str, *, ids: set[str] | None, fresh_retries: bool, limit: int = 10_000) -> int:
         """Move dead letters (all, or those in ``ids``) back to ``queue``; return how many."""
-        replayed = 0
+        replayed: set[str] = set()
+        # Only what is dead now: a replayed task may fail again and come back during this loop.
+        waiting = self.count(queue)
         with self._channel() as channel:
-            for tag, letter in self._read(channel, queue, limit):
-                if letter.message is None or (ids is not None and letter.message_id not in ids):
+            for tag, letter in self._read(channel, queue, min(limit, waiting)):
+                wanted = ids is None or letter.message_id in ids
+                if letter.message is None or not wanted or letter.message_id in replayed:
                     continue
                 message = letter.message
                 if fresh_retries:
@@ -75,11 +89,13 @@ class DeadLetters:
                 message.options.pop("traceback", None)
                 self.producer.broker.enqueue(message)  # confirmed before the dead letter goes
                 channel.basic_ack(tag)
-                replayed += 1
-        return replayed
+                replayed.add(letter.message_id)
+        return len(replayed)
 
     def purge(self, queue: str) -> int:
         """Delete every dead letter of ``queue``; return how many."""
+        if not self.count(queue):
+            return 0
         with self._channel() as channel:
             reply = channel.queue_purge(xq_name(queue))
             return int(reply.method.message_count)
