@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +33,7 @@ from dramatiq.results import ResultTimeout as DramatiqResultTimeout
 from opentelemetry.trace import TracerProvider
 
 from observability.tracing import Tracing
+from shared.batch_publisher import BatchPublisher
 from shared.broker import build_broker, build_result_backend
 from shared.errors import GreenroomError, InvalidTaskArguments, PublishError, ResultTimeout, TaskFailed
 from shared.results import RedisResultBackend
@@ -106,15 +107,22 @@ class Producer:
     def send_many(self, task: str, many_kwargs: Iterable[Mapping[str, Any]]) -> list[TaskHandle]:
         """Validate every item first, then publish them all; handles come back in order.
 
-        If one item is invalid, nothing is published.
+        If one item is invalid, nothing is published. With publisher confirms on,
+        the batch goes in AMQP transactions of 500 (one round trip each) rather
+        than one confirmed round trip per message.
 
         >>> [h.message_id for h in producer.send_many("echo", [{"payload": 1}, {"payload": 2}])]
         ['6b8e...', 'a41c...']
         """
         contract = get_task(task)
         messages = [self._message(contract, kwargs) for kwargs in many_kwargs]
-        for message in messages:
-            self._publish(message)
+        if self.settings.BROKER_CONFIRM_DELIVERY:
+            self._with_retries(
+                f"a batch of {len(messages)}", lambda: BatchPublisher(self.broker).publish(messages)
+            )
+        else:
+            for message in messages:
+                self._publish(message)
         return [TaskHandle(contract.name, m.message_id, self) for m in messages]
 
     def result_of(self, task: str, message_id: str, *, timeout: float = DEFAULT_RESULT_TIMEOUT) -> Any:
@@ -172,25 +180,23 @@ class Producer:
         was lost may be retried after RabbitMQ did store it: the message then
         arrives twice, with the same message id (at-least-once).
         """
+        self._with_retries(f"message {message.message_id}", lambda: self.broker.enqueue(message))
+
+    def _with_retries(self, what: str, publish: Callable[[], object]) -> None:
         deadline = time.monotonic() + self.settings.SEND_RETRY_TIMEOUT_SECONDS
         delay = SEND_RETRY_FIRST_DELAY_SECONDS
         while True:
             try:
-                self.broker.enqueue(message)
+                publish()
                 return
             except BrokerConnectionError as error:
                 self._abandon_span(error)
                 if time.monotonic() + delay > deadline:
                     raise PublishError(
-                        f"could not publish message {message.message_id} within "
+                        f"could not publish {what} within "
                         f"{self.settings.SEND_RETRY_TIMEOUT_SECONDS:g}s: {error}"
                     ) from None
-                logger.warning(
-                    "Publish failed, retrying in %.2fs: %s",
-                    delay,
-                    error,
-                    extra={"message_id": message.message_id},
-                )
+                logger.warning("Publishing %s failed, retrying in %.2fs: %s", what, delay, error)
                 time.sleep(delay)
                 delay = min(delay * 2, SEND_RETRY_MAX_DELAY_SECONDS)
 
