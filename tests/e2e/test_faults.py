@@ -201,7 +201,7 @@ def test_redis_outage_delays_results_but_loses_none(
 
         # When: tasks run while Redis is down for 3 seconds
         redis.stop()
-        handles = producer.send_many("echo", [{"payload": n} for n in range(50)])
+        handles = producer.send_many("echo", [{"payload": n, "delay_ms": n % 3} for n in range(TASKS)])
         wait_for(lambda: worker.count("Redis unavailable, retrying") >= 1, 15, "a retried result store")
         time.sleep(3)
         redis.start()
@@ -209,7 +209,7 @@ def test_redis_outage_delays_results_but_loses_none(
 
         # Then: every result arrives, the worker never stopped
         results = [handle.result(timeout=60) for handle in handles]
-        assert results == list(range(50))
+        assert results == list(range(TASKS))
         assert worker.popen.poll() is None
         assert worker.count("not stored") == 0
         _report("Redis down 3 s", handles, results, _duplicates(worker), 0, time.monotonic() - restarted)

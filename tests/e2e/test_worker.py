@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dramatiq
 import pytest
 
 from shared.errors import TaskFailed
 from shared.producer import Producer
 from tests.e2e.conftest import StartWorker
+from tests.support import run_cli
 
 
 def test_500_echo_tasks_all_return_their_payload(start_worker: StartWorker, producer: Producer) -> None:
@@ -103,3 +106,20 @@ def test_every_line_the_worker_prints_is_json(start_worker: StartWorker, produce
     assert tracebacks, "the failing task's traceback should be a field of a JSON line"
     assert worker.stderr_lines == []
     assert lines[-1]["message"] == "greenroom worker stopped"
+
+
+def test_check_roundtrip_runs_echo_through_a_worker(
+    start_worker: StartWorker, producer: Producer, service_env: dict[str, str], workdir: Path
+) -> None:
+    start_worker(processes=1, threads=2)
+    completed = run_cli(["check", "--roundtrip", "--timeout", "10"], service_env, workdir)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert completed.stdout.splitlines()[-1].startswith("roundtrip ok (message ")
+
+
+def test_check_roundtrip_fails_without_a_worker(
+    producer: Producer, service_env: dict[str, str], workdir: Path
+) -> None:
+    completed = run_cli(["check", "--roundtrip", "--timeout", "0.5"], service_env, workdir)
+    assert completed.returncode == 1
+    assert "roundtrip FAILED: no result for task 'echo'" in completed.stdout
