@@ -6,8 +6,7 @@ OpenTelemetry Collector. It keeps every span it receives in memory. Used by
 the end-to-end tests and by ``greenroom bench`` as a live export target.
 
 >>> with OtlpReceiver.start("grpc") as receiver:
-...     os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = receiver.endpoint
-...     ...
+...     run_worker_with(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint, OTEL_EXPORTER_OTLP_PROTOCOL="grpc")
 ...     receiver.spans()
 [ReceivedSpan(name='send default', kind='PRODUCER', ...), ...]
 """
