@@ -143,6 +143,21 @@ def build_parser() -> argparse.ArgumentParser:
         )
     dlq.set_defaults(run=run_dlq)
 
+    bench = _command(
+        commands,
+        "bench",
+        "Benchmark bare Dramatiq against greenroom: throughput, CPU, queue wait, start-up, RSS, send rates.",
+        "greenroom bench --messages 5000 --processes 2 --threads 8 --json bench.json",
+    )
+    bench.add_argument(
+        "--messages", type=_positive_int, default=5000, help="tasks per drain run (default: 5000)"
+    )
+    bench.add_argument("--processes", type=_positive_int, default=2, help="worker processes (default: 2)")
+    bench.add_argument("--threads", type=_positive_int, default=8, help="threads per process (default: 8)")
+    bench.add_argument("--payload-bytes", type=_positive_int, default=16, help="payload size (default: 16)")
+    bench.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    bench.set_defaults(run=run_bench)
+
     healthcheck = _command(
         commands,
         "healthcheck",
@@ -398,6 +413,21 @@ def _confirm(prompt: str, expected: str) -> bool:
         return input(prompt).strip() == expected
     except EOFError:
         return False
+
+
+# greenroom bench -----------------------------------------------------------------------
+
+
+def run_bench(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the side-by-side benchmark: progress on stderr, the table on stdout."""
+    from shared.bench import Bench, BenchOptions, format_table, write_json
+
+    options = BenchOptions(args.messages, args.processes, args.threads, args.payload_bytes)
+    report = Bench(settings, options, progress=sys.stderr).run()
+    print(format_table(report))
+    if args.json:
+        write_json(report, args.json)
+    return EXIT_OK
 
 
 # greenroom healthcheck / demo-producer ------------------------------------------------

@@ -139,6 +139,9 @@ class Settings(BaseSettings):
     ) = None
     OTEL_TRACES_SAMPLER_ARG: float | None = Field(default=None, ge=0, le=1)
 
+    # Benchmark (greenroom bench sets it for the workers it starts) ---------------
+    BENCH_RECORD_PATH: Path | None = None
+
     # Metrics and health server ------------------------------------------------
     METRICS_HOST: str = "127.0.0.1"
     METRICS_DIR: Path | None = None

@@ -81,6 +81,21 @@ ECHO = TaskContract(
     arguments=EchoArguments,
     description="Return `payload` after `delay_ms` of simulated work (checks, tests, benchmarks).",
 )
+
+
+class BenchEchoArguments(TaskArguments):
+    payload: JsonValue
+    sent_at: float = Field(default=0.0, ge=0, description="epoch seconds the producer sent it (queue wait)")
+
+
+BENCH_ECHO = TaskContract(
+    name="bench.echo",
+    queue="greenroom-bench",
+    arguments=BenchEchoArguments,
+    max_retries=0,
+    store_results=False,
+    description="`greenroom bench`'s task: the same work as its bare-Dramatiq twin.",
+)
 FAIL = TaskContract(
     name="fail",
     queue="default",
@@ -120,7 +135,7 @@ SYNC_INVENTORY = TaskContract(
 )
 
 TASKS: dict[str, TaskContract] = {
-    contract.name: contract for contract in (ECHO, FAIL, BUILD_REPORT, SYNC_INVENTORY)
+    contract.name: contract for contract in (ECHO, FAIL, BUILD_REPORT, SYNC_INVENTORY, BENCH_ECHO)
 }
 
 

@@ -6,7 +6,8 @@ import time
 
 from pydantic import JsonValue
 
-from shared.tasks import ECHO, FAIL, EchoArguments, FailArguments
+from shared.bench_recorder import record_completion
+from shared.tasks import BENCH_ECHO, ECHO, FAIL, BenchEchoArguments, EchoArguments, FailArguments
 from workers.actor import implements
 
 
@@ -26,3 +27,9 @@ def echo(arguments: EchoArguments) -> JsonValue:
 def fail(arguments: FailArguments) -> None:
     """Always raise, so dead-lettering and failure alerts can be exercised."""
     raise DiagnosticFailure(arguments.reason)
+
+
+@implements(BENCH_ECHO)
+def bench_echo(arguments: BenchEchoArguments) -> None:
+    """`greenroom bench`'s task: the same work as the bare-Dramatiq side (no result stored)."""
+    record_completion(arguments.sent_at)

@@ -35,4 +35,4 @@ def test_unknown_task_lists_the_known_ones() -> None:
 
 
 def test_every_contract_is_on_a_named_queue() -> None:
-    assert {contract.queue for contract in TASKS.values()} == {"default", "reports"}
+    assert {contract.queue for contract in TASKS.values()} == {"default", "reports", "greenroom-bench"}
