@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import socket
 import statistics
 import subprocess
@@ -104,6 +105,7 @@ class Bench:
             finally:
                 self._clean_up()
             spans = receiver.span_count
+        shutil.rmtree(self.workdir)  # kept when a step failed: its worker logs are there
         return self._report(results, spans)
 
     # Worker runs -------------------------------------------------------------------------
