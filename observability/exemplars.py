@@ -42,12 +42,20 @@ class RecordedExemplar:
 
 def bucket_bound(value: float, buckets: tuple[float, ...]) -> str:
     """The ``le`` label of the bucket ``value`` falls in, as prometheus_client formats it."""
-    index = bisect.bisect_left(buckets, value)
-    return str(floatToGoString(buckets[index] if index < len(buckets) else math.inf))
+    bounds = _bounds.get(buckets)
+    if bounds is None:
+        bounds = _bounds[buckets] = [str(floatToGoString(bound)) for bound in (*buckets, math.inf)]
+    return bounds[bisect.bisect_left(buckets, value)]
 
 
-def key_of(metric: str, labels: Mapping[str, str], le: str) -> ExemplarKey:
-    return metric, tuple(sorted(labels.items())), le
+_bounds: dict[tuple[float, ...], list[str]] = {}
+
+LabelPairs = tuple[tuple[str, str], ...]
+
+
+def key_of(metric: str, labels: Mapping[str, str] | LabelPairs, le: str) -> ExemplarKey:
+    """The key of a bucket; ``labels`` as a mapping or as pairs already sorted by name."""
+    return metric, labels if isinstance(labels, tuple) else tuple(sorted(labels.items())), le
 
 
 class ExemplarStore:
@@ -64,7 +72,7 @@ class ExemplarStore:
     def observe(
         self,
         metric: str,
-        labels: Mapping[str, str],
+        labels: Mapping[str, str] | LabelPairs,
         *,
         value: float,
         buckets: tuple[float, ...],

@@ -25,6 +25,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
@@ -133,7 +134,8 @@ class Metrics(Middleware):
         self.exemplars = exemplars
         self._forks = list(forks)
         self.clock = clock
-        self._started: dict[int, float] = {}
+        self._started: dict[int, tuple[float, str | None]] = {}
+        self._series: dict[tuple[str, str], _Series] = {}
 
     @property
     def forks(self) -> list[Callable[[], int]]:
@@ -173,11 +175,14 @@ class Metrics(Middleware):
         message.options[READY_AT_OPTION] = message.options.get("eta") or int(self.clock() * 1000)
 
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
-        queue, actor = message.queue_name, message.actor_name
+        series = self._series_of(message)
         ready_at = message.options.get(READY_AT_OPTION) or message.message_timestamp
-        self._observe(QUEUE_WAIT, WAIT_BUCKETS, queue, actor, max(0.0, self.clock() - ready_at / 1000))
-        IN_PROGRESS.labels(queue, actor).inc()
-        self._started[threading.get_ident()] = time.perf_counter()
+        trace_id = _sampled_trace_id() if self.exemplars is not None else None
+        self._observe(
+            series, QUEUE_WAIT, series.wait, WAIT_BUCKETS, max(0.0, self.clock() - ready_at / 1000), trace_id
+        )
+        series.in_progress.inc()
+        self._started[threading.get_ident()] = (time.perf_counter(), trace_id)
 
     def after_process_message(
         self,
@@ -197,25 +202,63 @@ class Metrics(Middleware):
 
     def _finish(self, message: MessageProxy, outcome: str) -> None:
         started = self._started.pop(threading.get_ident(), None)
-        queue, actor = message.queue_name, message.actor_name
-        TASKS.labels(queue, actor, outcome).inc()
+        series = self._series_of(message)
+        series.outcomes[outcome].inc()
         if started is None:
             return  # skipped before this middleware's before_process_message ran
-        IN_PROGRESS.labels(queue, actor).dec()
-        self._observe(DURATION, DURATION_BUCKETS, queue, actor, time.perf_counter() - started)
+        series.in_progress.dec()
+        began, trace_id = started
+        self._observe(
+            series, DURATION, series.duration, DURATION_BUCKETS, time.perf_counter() - began, trace_id
+        )
+
+    def _series_of(self, message: MessageProxy) -> _Series:
+        key = (message.queue_name, message.actor_name)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = _Series.of(*key)
+        return series
 
     def _observe(
-        self, histogram: Histogram, buckets: tuple[float, ...], queue: str, actor: str, value: float
+        self,
+        series: _Series,
+        histogram: Histogram,
+        child: Histogram,
+        buckets: tuple[float, ...],
+        value: float,
+        trace_id: str | None,
     ) -> None:
-        histogram.labels(queue, actor).observe(value)
-        if self.exemplars is None:
-            return
-        span_context = trace.get_current_span().get_span_context()
-        if span_context.is_valid and span_context.trace_flags.sampled:
+        child.observe(value)
+        if self.exemplars is not None and trace_id is not None:
             self.exemplars.observe(
-                histogram._name,
-                {"queue": queue, "actor": actor},
-                value=value,
-                buckets=buckets,
-                trace_id=format(span_context.trace_id, "032x"),
+                histogram._name, series.label_pairs, value=value, buckets=buckets, trace_id=trace_id
             )
+
+
+@dataclass(frozen=True, slots=True)
+class _Series:
+    """The metric children of one (queue, actor), looked up once instead of per message."""
+
+    label_pairs: tuple[tuple[str, str], ...]
+    wait: Histogram
+    duration: Histogram
+    in_progress: Gauge
+    outcomes: dict[str, Counter]
+
+    @classmethod
+    def of(cls, queue: str, actor: str) -> _Series:
+        return cls(
+            label_pairs=(("actor", actor), ("queue", queue)),
+            wait=QUEUE_WAIT.labels(queue, actor),
+            duration=DURATION.labels(queue, actor),
+            in_progress=IN_PROGRESS.labels(queue, actor),
+            outcomes={outcome: TASKS.labels(queue, actor, outcome) for outcome in OUTCOMES},
+        )
+
+
+def _sampled_trace_id() -> str | None:
+    """The current span's trace id (32 hex digits) if it is sampled, for exemplars."""
+    span_context = trace.get_current_span().get_span_context()
+    if span_context.is_valid and span_context.trace_flags.sampled:
+        return format(span_context.trace_id, "032x")
+    return None

@@ -43,9 +43,9 @@ def build_exporter(protocol: OtlpProtocol) -> SpanExporter:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
 
         return GrpcExporter()
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+    from observability.otlp_http_exporter import OtlpHttpSpanExporter
 
-    return HttpExporter()
+    return OtlpHttpSpanExporter()
 
 
 def build_resource(*, default_service_name: str, service_version: str, process_type: str) -> Resource:

@@ -10,6 +10,7 @@ True
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import dramatiq
@@ -20,6 +21,7 @@ from dramatiq.middleware import (
     Callbacks,
     CurrentMessage,
     Middleware,
+    MiddlewareError,
     Pipelines,
     Retries,
     ShutdownNotifications,
@@ -29,6 +31,7 @@ from dramatiq.results import Results
 from opentelemetry.trace import TracerProvider
 
 from observability.task_logging import TaskLogging
+from shared.logging import BatchedWorkerLogs
 from shared.results import RedisResultBackend
 from shared.settings import Settings
 from shared.telemetry import Role, tracing_middleware
@@ -46,13 +49,59 @@ class GreenroomBroker(RabbitmqBroker):
     """
 
     def __init__(self, *, dead_letter_ttl_ms: int, **options: Any) -> None:
+        self._hooks: dict[str, list[Callable[..., Any]]] = {}
+        self._hooks_of: list[Middleware] = []
         super().__init__(**options)
         self.dead_letter_ttl_ms = dead_letter_ttl_ms
+
+    # Dramatiq calls every hook of every middleware for each signal, most of them
+    # the base class's no-ops: four signals per message times a dozen middleware.
+    # These call only the hooks a middleware defines, with Dramatiq's error handling.
+
+    def emit_before(self, signal: str, *args: Any, **kwargs: Any) -> None:
+        for hook in self._hooks_for("before_" + signal):
+            try:
+                hook(self, *args, **kwargs)
+            except MiddlewareError:
+                raise
+            except Exception:
+                self.logger.critical(
+                    "Unexpected failure in before_%s of %r.", signal, _owner(hook), exc_info=True
+                )
+
+    def emit_after(self, signal: str, *args: Any, **kwargs: Any) -> None:
+        for hook in self._hooks_for("after_" + signal, reverse=True):
+            try:
+                hook(self, *args, **kwargs)
+            except Exception:
+                self.logger.critical(
+                    "Unexpected failure in after_%s of %r.", signal, _owner(hook), exc_info=True
+                )
+
+    def _hooks_for(self, name: str, *, reverse: bool = False) -> list[Callable[..., Any]]:
+        if self._hooks_of != self.middleware:  # middleware added or removed since: start again
+            self._hooks_of = list(self.middleware)
+            self._hooks.clear()
+        hooks = self._hooks.get(name)
+        if hooks is None:
+            ordered = reversed(self.middleware) if reverse else self.middleware
+            no_op = getattr(Middleware, name, None)
+            hooks = [
+                getattr(middleware, name)
+                for middleware in ordered
+                if getattr(getattr(middleware, name), "__func__", None) is not no_op or no_op is None
+            ]
+            self._hooks[name] = hooks
+        return hooks
 
     def _declare_xq_queue(self, queue_name: str) -> Any:
         return self.channel.queue_declare(
             queue=xq_name(queue_name), durable=True, arguments={"x-message-ttl": self.dead_letter_ttl_ms}
         )
+
+
+def _owner(hook: Callable[..., Any]) -> object:
+    return getattr(hook, "__self__", hook)
 
 
 def build_result_backend(settings: Settings) -> RedisResultBackend:
@@ -66,11 +115,13 @@ def build_broker(
     """A RabbitmqBroker at RABBITMQ_URL with greenroom's middleware stack.
 
     Order matters. Dramatiq runs ``before_*`` hooks in list order and
-    ``after_*`` hooks in reverse, so Tracing (first) keeps the consumer span
-    current around everything else, and TaskLogging (next) writes its line
+    ``after_*`` hooks in reverse, so a worker's batched log lines are all
+    written after every other middleware has shut down, Tracing keeps the
+    consumer span current around everything else, and TaskLogging (next) writes its line
     after Retries has decided whether a failed message retries or dies.
     """
     middleware: list[Middleware] = [
+        *([BatchedWorkerLogs()] if role == "worker" else []),
         *tracing_middleware(settings, role, tracer_provider),
         TaskLogging(),
         *([metrics_middleware(settings)] if role == "worker" else []),
