@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +43,9 @@ ACTOR_ATTRIBUTE = "dramatiq.actor.name"
 RETRIES_ATTRIBUTE = "dramatiq.message.retries"
 
 _INSTRUMENTATION = "greenroom.observability.tracing"
+
+#: Inside Tracing.publishing_batch: the trace context every message of the batch carries.
+_batch_carrier: ContextVar[dict[str, str] | None] = ContextVar("greenroom_batch_carrier", default=None)
 
 
 @dataclass(slots=True)
@@ -77,9 +83,45 @@ class Tracing(Middleware):
 
     # Producer side --------------------------------------------------------------
 
+    @contextmanager
+    def publishing_batch(self, queue_name: str, count: int) -> Iterator[None]:
+        """One PRODUCER span ``send <queue>`` around publishing ``count`` messages together.
+
+        Its context is the creation context injected into every message of the
+        batch (the messaging conventions' "publish" span, no per-message
+        "create" span), so each consumer span is its child and links to it.
+
+        >>> with tracing.publishing_batch("default", len(messages)):
+        ...     publish(messages)
+        """
+        parent = otel_context.get_current()
+        attributes = _destination_attributes(operation="send", routing_key=queue_name)
+        attributes[messaging.MESSAGING_BATCH_MESSAGE_COUNT] = count
+        span = self.tracer.start_span(
+            f"send {q_name(queue_name)}", context=parent, kind=SpanKind.PRODUCER, attributes=attributes
+        )
+        span_context = trace.set_span_in_context(span, parent)
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=span_context)
+        token = otel_context.attach(span_context)
+        batch = _batch_carrier.set(carrier)
+        try:
+            yield
+        except BaseException as error:
+            _record_error(span, error)
+            raise
+        finally:
+            _batch_carrier.reset(batch)
+            _detach(token)
+            span.end()
+
     def before_enqueue(
         self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int | None
     ) -> None:
+        batch = _batch_carrier.get()
+        if batch is not None:
+            message.options[TRACE_CONTEXT_OPTION] = dict(batch)
+            return
         thread = threading.get_ident()
         pending = self._publishing.get(thread)
         if pending is not None and pending.message_id == message.message_id:
@@ -106,6 +148,8 @@ class Tracing(Middleware):
     def after_enqueue(
         self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int | None
     ) -> None:
+        if _batch_carrier.get() is not None:
+            return
         pending = self._publishing.pop(threading.get_ident(), None)
         if pending is None:
             return
@@ -129,15 +173,11 @@ class Tracing(Middleware):
         links = [Link(producer_span)] if producer_span.is_valid else []
         parent = otel_context.Context() if self.new_trace_per_task else producer_context
         queue = q_name(message.queue_name)
+        attributes = _attributes(message, operation="process", routing_key=message.queue_name)
+        attributes[RETRIES_ATTRIBUTE] = int(message.options.get("retries", 0))
         span = self.tracer.start_span(
-            f"process {queue}",
-            context=parent,
-            kind=SpanKind.CONSUMER,
-            links=links,
-            attributes=_attributes(message, operation="process", routing_key=message.queue_name),
+            f"process {queue}", context=parent, kind=SpanKind.CONSUMER, links=links, attributes=attributes
         )
-        if span.is_recording():
-            span.set_attribute(RETRIES_ATTRIBUTE, int(message.options.get("retries", 0)))
         # Baggage from the producer stays available inside the task, even with a new trace.
         token = otel_context.attach(trace.set_span_in_context(span, producer_context))
         self._processing[threading.get_ident()] = _OpenSpan(message.message_id, span, token)
@@ -195,20 +235,33 @@ def _parent_for_publish(message: dramatiq.Message[Any]) -> otel_context.Context:
 def _attributes(
     message: dramatiq.Message[Any] | MessageProxy, *, operation: str, routing_key: str
 ) -> dict[str, Any]:
-    operation_type = (
-        messaging.MessagingOperationTypeValues.SEND
-        if operation == "send"
-        else messaging.MessagingOperationTypeValues.PROCESS
-    )
-    return {
-        messaging.MESSAGING_SYSTEM: messaging.MessagingSystemValues.RABBITMQ.value,
-        messaging.MESSAGING_OPERATION_TYPE: operation_type.value,
-        messaging.MESSAGING_OPERATION_NAME: operation,
-        messaging.MESSAGING_DESTINATION_NAME: q_name(routing_key),
-        messaging.MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY: routing_key,
-        messaging.MESSAGING_MESSAGE_ID: message.message_id,
-        ACTOR_ATTRIBUTE: message.actor_name,
-    }
+    attributes = _destination_attributes(operation=operation, routing_key=routing_key)
+    attributes[messaging.MESSAGING_MESSAGE_ID] = message.message_id
+    attributes[ACTOR_ATTRIBUTE] = message.actor_name
+    return attributes
+
+
+def _destination_attributes(*, operation: str, routing_key: str) -> dict[str, Any]:
+    """The attributes every span of ``operation`` on ``routing_key`` shares (a fresh copy)."""
+    key = (operation, routing_key)
+    shared = _shared_attributes.get(key)
+    if shared is None:
+        operation_type = (
+            messaging.MessagingOperationTypeValues.SEND
+            if operation == "send"
+            else messaging.MessagingOperationTypeValues.PROCESS
+        )
+        shared = _shared_attributes[key] = {
+            messaging.MESSAGING_SYSTEM: messaging.MessagingSystemValues.RABBITMQ.value,
+            messaging.MESSAGING_OPERATION_TYPE: operation_type.value,
+            messaging.MESSAGING_OPERATION_NAME: operation,
+            messaging.MESSAGING_DESTINATION_NAME: q_name(routing_key),
+            messaging.MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY: routing_key,
+        }
+    return dict(shared)
+
+
+_shared_attributes: dict[tuple[str, str], dict[str, Any]] = {}
 
 
 def _record_error(span: Span, error: BaseException) -> None:

@@ -5,7 +5,7 @@ same processes and threads; the task records itself in a file
 (:mod:`shared.bench_recorder`), so both are measured the same way:
 
 - **send rate**: Dramatiq's own ``send`` with and without confirms, greenroom's
-  ``send`` (confirmed) and ``send_many`` (transaction batches);
+  ``send`` (confirmed) and ``send_many`` (pipelined confirms);
 - **start-up**: from starting the worker command to the first task done;
 - **drain**: tasks per second from the first task done to the last
   (start-up excluded), for pre-published tasks;

@@ -23,7 +23,7 @@ from typing import Any, Literal, TextIO
 
 import dramatiq
 from dramatiq.middleware import Middleware
-from pythonjsonlogger.json import JsonFormatter
+from pythonjsonlogger.json import JsonEncoder, JsonFormatter
 
 from observability.task_logging import TaskContextFilter
 from observability.tracing import TraceContextFilter
@@ -194,8 +194,17 @@ def build_formatter(fmt: Literal["json", "console"]) -> logging.Formatter:
         style="{",
         rename_fields={"levelname": "level", "name": "logger"},
         timestamp=True,
-        json_ensure_ascii=False,
+        json_serializer=_serialize,
     )
+
+
+#: One encoder for every line: json.dumps(cls=...) would build a new one per line.
+_ENCODER = JsonEncoder(ensure_ascii=False)
+
+
+def _serialize(data: dict[str, Any], **_: Any) -> str:
+    """python-json-logger's serializer hook, with python-json-logger's own encoder."""
+    return _ENCODER.encode(data)
 
 
 def configure_logging(

@@ -48,7 +48,15 @@ def test_process_types_scale_and_consume_only_their_queue(
         # Then
         assert [h.result(timeout=30) for h in echoes] == list(range(20))
         assert all(h.result(timeout=30)["rows"] == 2000 for h in reports)
-        wait_for(lambda: sum(map(len, _task_queues_by_process(honcho).values())) >= 2, 10, "task log lines")
+        # Workers write task lines in batches (at least every 0.1 s): wait for both types' lines.
+        wait_for(
+            lambda: (
+                "default.1" in (seen := _task_queues_by_process(honcho))
+                and any(p.startswith("reports") for p in seen)
+            ),
+            10,
+            "task log lines of both process types",
+        )
         by_process = _task_queues_by_process(honcho)
         assert by_process.get("default.1") == {"default"}
         assert set(by_process) <= {"default.1", "reports.1", "reports.2"}

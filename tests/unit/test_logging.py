@@ -6,11 +6,12 @@ import io
 import json
 import logging
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
 
-from shared.logging import configure_logging, mask_secrets
+from shared.logging import CurrentStreamHandler, configure_logging, mask_secrets
 
 
 class Stdout:
@@ -90,3 +91,78 @@ def test_debug_is_filtered_at_info(stdout: Stdout) -> None:
 )
 def test_mask_secrets(text: str, masked: str) -> None:
     assert mask_secrets(text) == masked
+
+
+class CountingPipe(io.StringIO):
+    """Stands in for Dramatiq's pipe to the master process: counts writes."""
+
+    writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+@pytest.fixture
+def batching(stdout: Stdout, monkeypatch: pytest.MonkeyPatch) -> Iterator[BatchingSetup]:
+    [handler] = [h for h in logging.getLogger().handlers if isinstance(h, CurrentStreamHandler)]
+    handler.start_batching(flush_interval=60)  # only size, level and stop write in these tests
+    yield BatchingSetup(handler, monkeypatch)
+    handler.stop_batching()
+
+
+class BatchingSetup:
+    def __init__(self, handler: CurrentStreamHandler, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.handler = handler
+        self.monkeypatch = monkeypatch
+
+    def pipe(self) -> CountingPipe:
+        """Replace sys.stdout, as Dramatiq does in its children (inside the test: capsys resets it)."""
+        pipe = CountingPipe()
+        self.monkeypatch.setattr(sys, "stdout", pipe)
+        return pipe
+
+
+def test_batched_lines_wait_then_go_out_in_one_write(batching: BatchingSetup) -> None:
+    pipe, handler = batching.pipe(), batching.handler
+    for n in range(50):
+        logging.getLogger("greenroom.task").info("task %d", n)
+    assert pipe.getvalue() == ""
+    handler.stop_batching()
+    assert pipe.writes == 1
+    assert [json.loads(line)["message"] for line in pipe.getvalue().splitlines()] == [
+        f"task {n}" for n in range(50)
+    ]
+
+
+def test_a_warning_is_written_at_once_after_the_lines_before_it(batching: BatchingSetup) -> None:
+    pipe = batching.pipe()
+    logging.getLogger("greenroom.task").info("first")
+    logging.getLogger("greenroom.task").warning("second")
+    assert [json.loads(line)["message"] for line in pipe.getvalue().splitlines()] == ["first", "second"]
+
+
+def test_a_full_batch_is_written_without_waiting(batching: BatchingSetup) -> None:
+    pipe = batching.pipe()
+    line = "x" * 1000
+    for _ in range(CurrentStreamHandler.BATCH_BYTES // 1000 + 1):
+        logging.getLogger("greenroom.task").info(line)
+    assert pipe.writes == 1
+    assert len(pipe.getvalue()) >= CurrentStreamHandler.BATCH_BYTES
+
+
+def test_the_flusher_writes_waiting_lines_within_the_interval(
+    stdout: Stdout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipe = CountingPipe()
+    monkeypatch.setattr(sys, "stdout", pipe)
+    [handler] = [h for h in logging.getLogger().handlers if isinstance(h, CurrentStreamHandler)]
+    handler.start_batching(flush_interval=0.05)
+    try:
+        logging.getLogger("greenroom.task").info("soon")
+        deadline = time.monotonic() + 2
+        while "soon" not in pipe.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert "soon" in pipe.getvalue()
+    finally:
+        handler.stop_batching()

@@ -141,6 +141,53 @@ def test_a_failed_publish_ends_its_span_as_an_error(
     assert trace.get_current_span() is trace.INVALID_SPAN
 
 
+def test_a_batch_is_one_producer_span_whose_context_every_message_carries(
+    stub: tuple[StubBroker, Tracing], exporter: InMemorySpanExporter
+) -> None:
+    broker, tracing = stub
+
+    @dramatiq.actor(queue_name="default", actor_name="echo")
+    def echo(n: int) -> None:
+        pass
+
+    with tracing.publishing_batch("default", 3):
+        messages = [echo.send(n) for n in range(3)]
+    assert tracing.open_spans == 0
+    _run(broker)
+
+    spans = exporter.get_finished_spans()
+    [batch] = _by_kind(spans, SpanKind.PRODUCER)
+    consumers = _by_kind(spans, SpanKind.CONSUMER)
+    assert batch.name == "send default"
+    assert batch.attributes == {
+        "messaging.system": "rabbitmq",
+        "messaging.operation.type": "send",
+        "messaging.operation.name": "send",
+        "messaging.destination.name": "default",
+        "messaging.rabbitmq.destination.routing_key": "default",
+        "messaging.batch.message_count": 3,
+    }
+    assert sorted(str((c.attributes or {})["messaging.message.id"]) for c in consumers) == sorted(
+        m.message_id for m in messages
+    )
+    for consumer in consumers:
+        assert consumer.context.trace_id == batch.context.trace_id
+        assert consumer.parent is not None and consumer.parent.span_id == batch.context.span_id
+        assert [link.context.span_id for link in consumer.links] == [batch.context.span_id]
+
+
+def test_a_failed_batch_ends_its_span_as_an_error(
+    stub: tuple[StubBroker, Tracing], exporter: InMemorySpanExporter
+) -> None:
+    _, tracing = stub
+    with pytest.raises(ConnectionError), tracing.publishing_batch("default", 2):
+        raise ConnectionError("broker gone")
+    [batch] = exporter.get_finished_spans()
+    assert batch.status.status_code is StatusCode.ERROR
+    assert batch.attributes is not None and batch.attributes["error.type"] == "ConnectionError"
+    assert trace.get_current_span() is trace.INVALID_SPAN
+
+
 def test_consumer_span_is_a_child_of_the_producer_span_links_to_it_and_is_current(
     stub: tuple[StubBroker, Tracing], exporter: InMemorySpanExporter, provider: TracerProvider
 ) -> None:

@@ -1,0 +1,94 @@
+"""Pipelined publisher confirms against the real RabbitMQ: all confirmed, refusals kept for a retry."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import dramatiq
+import pika
+import pytest
+from dramatiq.errors import ConnectionClosed
+
+from shared import batch_publisher
+from shared.batch_publisher import BatchPublisher
+from shared.producer import Producer
+
+FULL_QUEUE = "greenroom-test-full"
+
+
+def _messages(queue: str, count: int) -> list[dramatiq.Message[Any]]:
+    return [
+        dramatiq.Message(queue_name=queue, actor_name="echo", args=(), kwargs={"payload": n}, options={})
+        for n in range(count)
+    ]
+
+
+def _drain(rabbitmq_url: str, queue: str) -> list[int]:
+    """Every payload in ``queue``, in order, removing them."""
+    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
+    try:
+        channel = connection.channel()
+        payloads = []
+        while True:
+            method, _properties, body = channel.basic_get(queue, auto_ack=True)
+            if method is None:
+                return payloads
+            payloads.append(json.loads(body)["kwargs"]["payload"])
+    finally:
+        connection.close()
+
+
+@pytest.fixture
+def full_after_five(rabbitmq_url: str) -> Iterator[str]:
+    """A queue that holds 5 messages and makes RabbitMQ refuse (nack) any more (a real policy)."""
+    vhost = unquote(urlparse(rabbitmq_url).path.lstrip("/"))
+    policy = json.dumps({"max-length": 5, "overflow": "reject-publish"})
+    ctl = ["rabbitmqctl", "-q"]
+    subprocess.run(
+        [*ctl, "set_policy", "-p", vhost, "--apply-to", "queues", "full", f"^{FULL_QUEUE}$", policy],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    yield FULL_QUEUE
+    subprocess.run([*ctl, "clear_policy", "-p", vhost, "full"], check=True, capture_output=True, timeout=60)
+    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
+    try:
+        for name in (FULL_QUEUE, f"{FULL_QUEUE}.DQ", f"{FULL_QUEUE}.XQ"):
+            connection.channel().queue_delete(name)
+    finally:
+        connection.close()
+
+
+def test_a_batch_larger_than_the_confirm_window_arrives_whole_and_in_order(
+    producer: Producer, rabbitmq_url: str
+) -> None:
+    count = batch_publisher.MAX_UNCONFIRMED + batch_publisher.CHUNK_SIZE * 3 + 7
+    publisher = BatchPublisher(producer.broker, _messages("default", count))
+    publisher.publish()
+    assert publisher.unconfirmed == []
+    assert _drain(rabbitmq_url, "default") == list(range(count))
+
+
+def test_refused_messages_are_kept_and_only_they_are_published_again(
+    producer: Producer, rabbitmq_url: str, full_after_five: str
+) -> None:
+    messages = _messages(full_after_five, 12)
+    publisher = BatchPublisher(producer.broker, messages)
+
+    with pytest.raises(ConnectionClosed, match="refused 7 messages"):
+        publisher.publish()
+    assert [m.message_id for m in publisher.unconfirmed] == [m.message_id for m in messages[5:]]
+    assert _drain(rabbitmq_url, full_after_five) == [0, 1, 2, 3, 4]
+
+    with pytest.raises(ConnectionClosed, match="refused 2 messages"):
+        publisher.publish()
+    assert _drain(rabbitmq_url, full_after_five) == [5, 6, 7, 8, 9]
+
+    publisher.publish()
+    assert publisher.unconfirmed == []
+    assert _drain(rabbitmq_url, full_after_five) == [10, 11]
