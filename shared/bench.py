@@ -15,6 +15,10 @@ same processes and threads; the task records itself in a file
   measured drain rate;
 - **peak RSS** of the largest worker process.
 
+Start-up, drain, CPU and RSS are measured ``rounds`` times, bare and greenroom
+alternating, and reported as medians (each round's figures are in the JSON):
+on a shared machine one slow spell would otherwise decide a ratio.
+
 greenroom runs with everything on: tracing exported over OTLP/HTTP to a live
 receiver in this process, metrics, JSON task logs.
 """
@@ -75,6 +79,7 @@ class BenchOptions:
     processes: int
     threads: int
     payload_bytes: int
+    rounds: int = 3
 
 
 class Bench:
@@ -93,10 +98,14 @@ class Bench:
         receiving = OtlpReceiver.start("http/protobuf", keep_spans=False)
         with receiving as receiver, self._producer(receiver) as producer:
             try:
-                results["bare"] = self._side("bare", producer, receiver)
+                rounds: dict[str, list[SideResult]] = {"bare": [], "greenroom": []}
+                for number in range(1, self.options.rounds + 1):
+                    for side in rounds:  # alternating, so a slow spell of the machine hits both sides
+                        self._say(f"round {number}/{self.options.rounds}:")
+                        rounds[side].append(self._side(side, producer, receiver))
+                results = {side: _median(runs) for side, runs in rounds.items()}
                 half_load = results["bare"].drain_tasks_per_second / 2
                 results["bare"].queue_wait_ms = self._queue_wait("bare", producer, receiver, half_load)
-                results["greenroom"] = self._side("greenroom", producer, receiver)
                 results["greenroom"].queue_wait_ms = self._queue_wait(
                     "greenroom", producer, receiver, half_load
                 )
@@ -106,7 +115,9 @@ class Bench:
                 self._clean_up()
             spans = receiver.span_count
         shutil.rmtree(self.workdir)  # kept when a step failed: its worker logs are there
-        return self._report(results, spans)
+        report = self._report(results, spans)
+        report["rounds"] = {side: [asdict(run) for run in runs] for side, runs in rounds.items()}
+        return report
 
     # Worker runs -------------------------------------------------------------------------
 
@@ -346,6 +357,16 @@ def format_table(report: dict[str, Any]) -> str:
 
 def write_json(report: dict[str, Any], path: str) -> None:
     Path(path).write_text(json.dumps(report, indent=2) + "\n")
+
+
+def _median(runs: list[SideResult]) -> SideResult:
+    """Each figure's median over the rounds (send rates and queue waits are measured once)."""
+    return SideResult(
+        startup_seconds=statistics.median(run.startup_seconds for run in runs),
+        drain_tasks_per_second=statistics.median(run.drain_tasks_per_second for run in runs),
+        worker_cpu_ms_per_task=statistics.median(run.worker_cpu_ms_per_task for run in runs),
+        peak_rss_mib=statistics.median(run.peak_rss_mib for run in runs),
+    )
 
 
 def _cell(value: float | None, digits: int = 1) -> str:

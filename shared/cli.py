@@ -155,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--processes", type=_positive_int, default=2, help="worker processes (default: 2)")
     bench.add_argument("--threads", type=_positive_int, default=8, help="threads per process (default: 8)")
     bench.add_argument("--payload-bytes", type=_positive_int, default=16, help="payload size (default: 16)")
+    bench.add_argument(
+        "--rounds", type=_positive_int, default=3, help="worker runs per side, medians reported (default: 3)"
+    )
     bench.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     bench.set_defaults(run=run_bench)
 
@@ -422,7 +425,7 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     """Run the side-by-side benchmark: progress on stderr, the table on stdout."""
     from shared.bench import Bench, BenchOptions, format_table, write_json
 
-    options = BenchOptions(args.messages, args.processes, args.threads, args.payload_bytes)
+    options = BenchOptions(args.messages, args.processes, args.threads, args.payload_bytes, args.rounds)
     report = Bench(settings, options, progress=sys.stderr).run()
     print(format_table(report))
     if args.json:

@@ -16,7 +16,10 @@ def test_bench_runs_both_sides_writes_json_and_leaves_no_queue(
 ) -> None:
     report_path = workdir / "bench.json"
     completed = run_cli(
-        ["bench", "--messages", "200", "--processes", "1", "--threads", "2", "--json", str(report_path)],
+        [
+            *("bench", "--messages", "200", "--processes", "1", "--threads", "2", "--rounds", "2"),
+            *("--json", str(report_path)),
+        ],
         service_env,
         workdir,
         timeout=300,
@@ -36,6 +39,7 @@ def test_bench_runs_both_sides_writes_json_and_leaves_no_queue(
         assert figures["worker_cpu_ms_per_task"] >= 0
         assert set(figures["queue_wait_ms"]) == {"p50", "p95", "p99"}
         assert figures["queue_wait_ms"]["p99"] >= figures["queue_wait_ms"]["p50"] > 0
+    assert [len(report["rounds"][side]) for side in ("bare", "greenroom")] == [2, 2]
     assert set(report["bare"]["send_per_second"]) == {"send_confirmed", "send_unconfirmed"}
     assert set(report["greenroom"]["send_per_second"]) == {"send_confirmed", "send_many_confirmed"}
     assert set(report["ratios"]) >= {
