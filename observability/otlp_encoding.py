@@ -79,12 +79,7 @@ def _span(span: ReadableSpan) -> bytes:
     assert context is not None  # an SDK span always has one
     parent = span.parent
     start, end = span.start_time or 0, span.end_time or 0
-    parts = [
-        b"\x0a\x10",
-        context.trace_id.to_bytes(16, "big"),
-        b"\x12\x08",
-        context.span_id.to_bytes(8, "big"),
-    ]
+    parts = [_ids(context)]
     if context.trace_state:
         parts.append(_string(3, _trace_state(context)))
     if parent is not None:
@@ -129,18 +124,20 @@ def _event(event: Event) -> bytes:
 
 def _link(link: Link) -> bytes:
     context = link.context
-    parts = [
-        b"\x0a\x10",
-        context.trace_id.to_bytes(16, "big"),
-        b"\x12\x08",
-        context.span_id.to_bytes(8, "big"),
-    ]
+    parts = [_ids(context)]
     if link.attributes:
         parts.append(_attributes(4, link.attributes))
     if link.dropped_attributes:
         parts += (b"\x28", _varint(link.dropped_attributes))
     parts += (b"\x35", _pack_fixed32(_flags(context)))
     return b"".join(parts)
+
+
+def _ids(context: SpanContext) -> bytes:
+    """Fields 1 (trace_id) and 2 (span_id), the same in a Span and a Link."""
+    return (
+        b"\x0a\x10" + context.trace_id.to_bytes(16, "big") + b"\x12\x08" + context.span_id.to_bytes(8, "big")
+    )
 
 
 def _status(status: Status) -> bytes:

@@ -87,9 +87,9 @@ class GreenroomBroker(RabbitmqBroker):
             ordered = reversed(self.middleware) if reverse else self.middleware
             no_op = getattr(Middleware, name, None)
             hooks = [
-                getattr(middleware, name)
-                for middleware in ordered
-                if getattr(getattr(middleware, name), "__func__", None) is not no_op or no_op is None
+                hook
+                for hook in (getattr(middleware, name, None) for middleware in ordered)
+                if hook is not None and getattr(hook, "__func__", None) is not no_op
             ]
             self._hooks[name] = hooks
         return hooks
