@@ -92,20 +92,31 @@ class CurrentStreamHandler(logging.StreamHandler[TextIO]):
     def stream(self, value: TextIO) -> None:
         """Ignored: the stream is always the current sys.stdout or sys.stderr."""
 
-    def emit(self, record: logging.LogRecord) -> None:
+    def handle(self, record: logging.LogRecord) -> bool:
+        """As Handler.handle, but while batching a line is formatted outside the lock
+        (threads logging at once then wait only for each other's list append)."""
         if not self._batching:
-            super().emit(record)
-            return
+            return super().handle(record)
+        if not self.filter(record):
+            return False
         try:
             line = self.format(record) + self.terminator
         except Exception:
             self.handleError(record)
-            return
-        # Handler.handle holds self.lock here.
-        self._waiting.append(line)
-        self._waiting_bytes += len(line)
-        if record.levelno >= logging.WARNING or self._waiting_bytes >= self.BATCH_BYTES:
-            self._write_waiting()
+            return True
+        self.acquire()
+        try:
+            if not self._batching:  # stopped meanwhile: write it as usual
+                self._waiting.append(line)
+                self._write_waiting()
+                return True
+            self._waiting.append(line)
+            self._waiting_bytes += len(line)
+            if record.levelno >= logging.WARNING or self._waiting_bytes >= self.BATCH_BYTES:
+                self._write_waiting()
+        finally:
+            self.release()
+        return True
 
     def flush(self) -> None:
         self.acquire()

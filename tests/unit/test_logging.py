@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import sys
+import threading
 import time
 from collections.abc import Iterator
 
@@ -166,3 +167,23 @@ def test_the_flusher_writes_waiting_lines_within_the_interval(
         assert "soon" in pipe.getvalue()
     finally:
         handler.stop_batching()
+
+
+def test_threads_logging_at_once_lose_and_mangle_nothing(batching: BatchingSetup) -> None:
+    pipe, handler = batching.pipe(), batching.handler
+
+    def log(thread: int) -> None:
+        for n in range(300):
+            logging.getLogger("greenroom.task").info("line", extra={"thread": thread, "n": n})
+
+    threads = [threading.Thread(target=log, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    handler.stop_batching()
+
+    lines = [json.loads(line) for line in pipe.getvalue().splitlines()]
+    assert len(lines) == 8 * 300
+    for t in range(8):
+        assert [line["n"] for line in lines if line["thread"] == t] == list(range(300))
