@@ -174,7 +174,7 @@ def test_threads_logging_at_once_lose_and_mangle_nothing(batching: BatchingSetup
 
     def log(thread: int) -> None:
         for n in range(300):
-            logging.getLogger("greenroom.task").info("line", extra={"thread": thread, "n": n})
+            logging.getLogger("greenroom.task").info("line", extra={"writer": thread, "n": n})
 
     threads = [threading.Thread(target=log, args=(t,)) for t in range(8)]
     for thread in threads:
@@ -186,4 +186,4 @@ def test_threads_logging_at_once_lose_and_mangle_nothing(batching: BatchingSetup
     lines = [json.loads(line) for line in pipe.getvalue().splitlines()]
     assert len(lines) == 8 * 300
     for t in range(8):
-        assert [line["n"] for line in lines if line["thread"] == t] == list(range(300))
+        assert [line["n"] for line in lines if line["writer"] == t] == list(range(300))
