@@ -94,14 +94,13 @@ class Bench:
         self.records = self.workdir / "records"
 
     def run(self) -> dict[str, Any]:
-        results: dict[str, SideResult] = {}
+        rounds: dict[str, list[SideResult]] = {"bare": [], "greenroom": []}
         receiving = OtlpReceiver.start("http/protobuf", keep_spans=False)
         with receiving as receiver, self._producer(receiver) as producer:
             try:
-                rounds: dict[str, list[SideResult]] = {"bare": [], "greenroom": []}
                 for number in range(1, self.options.rounds + 1):
+                    self._say(f"round {number}/{self.options.rounds}:")
                     for side in rounds:  # alternating, so a slow spell of the machine hits both sides
-                        self._say(f"round {number}/{self.options.rounds}:")
                         rounds[side].append(self._side(side, producer, receiver))
                 results = {side: _median(runs) for side, runs in rounds.items()}
                 half_load = results["bare"].drain_tasks_per_second / 2
