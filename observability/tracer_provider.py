@@ -18,9 +18,12 @@ has forked them.
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import urllib.request
 from collections.abc import Callable
 from typing import Literal
+from urllib.parse import urlsplit
 
 import dramatiq
 from dramatiq.middleware import Middleware
@@ -37,15 +40,38 @@ OtlpProtocol = Literal["grpc", "http/protobuf"]
 PROCESS_TYPE_ATTRIBUTE = "greenroom.process.type"
 
 
+#: Variables naming a ``requests`` session factory for OTLP/HTTP (the library's exporter handles them).
+CREDENTIAL_PROVIDER_VARIABLES = (
+    "OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER",
+    "OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER",
+)
+
+
 def build_exporter(protocol: OtlpProtocol) -> SpanExporter:
-    """The OTLP span exporter for ``protocol``; endpoint and headers come from OTEL_* variables."""
+    """The OTLP span exporter for ``protocol``; endpoint and headers come from OTEL_* variables.
+
+    For http/protobuf it is greenroom's light exporter, except where only the
+    library's ``requests``-based one can do the job: an HTTP(S)_PROXY that
+    applies to the endpoint, or a credential-provider session.
+    """
     if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
 
         return GrpcExporter()
-    from observability.otlp_http_exporter import OtlpHttpSpanExporter
+    from observability.otlp_http_exporter import OtlpHttpSpanExporter, traces_endpoint
 
+    if _proxied(traces_endpoint()) or any(os.environ.get(name) for name in CREDENTIAL_PROVIDER_VARIABLES):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+
+        return HttpExporter()
     return OtlpHttpSpanExporter()
+
+
+def _proxied(url: str) -> bool:
+    """Whether the proxy variables (HTTP_PROXY, HTTPS_PROXY, NO_PROXY) send ``url`` through a proxy."""
+    parts = urlsplit(url)
+    proxies = urllib.request.getproxies()
+    return parts.scheme in proxies and not urllib.request.proxy_bypass(parts.hostname or "")
 
 
 def build_resource(*, default_service_name: str, service_version: str, process_type: str) -> Resource:
