@@ -202,6 +202,11 @@ _keys: dict[str, bytes] = {}
 _names: dict[str, bytes] = {}
 #: Whole KeyValue encodings (with their length prefix) of scalar attributes, by (key, type, value).
 _pairs: dict[tuple[str, type, Any], bytes] = {}
+#: How many values of each key _pairs holds. A key seen with more than
+#: VALUES_PER_KEY values (a message id) is encoded afresh each time instead:
+#: caching it would only fill the cache with values never seen again.
+_values_of: dict[str, int] = {}
+VALUES_PER_KEY = 64
 
 
 def _attributes(field_number: int, attributes: Mapping[str, Any]) -> bytes:
@@ -220,9 +225,21 @@ def _attributes(field_number: int, attributes: Mapping[str, Any]) -> bytes:
             key_value = _cached_string(_keys, 1, key) + _field(2, encoded_value)
             encoded = _varint(len(key_value)) + key_value
             if scalar:
-                _remember(_pairs, (key, type(value), value), encoded)
+                _remember_pair(key, value, encoded)
         parts.append(encoded)
     return tag + tag.join(parts) if parts else b""
+
+
+def _remember_pair(key: str, value: Any, encoded: bytes) -> None:
+    cached = _values_of.get(key, 0)
+    if cached >= VALUES_PER_KEY:
+        return
+    if len(_pairs) >= _CACHE_LIMIT:
+        _pairs.clear()
+        _values_of.clear()
+        cached = 0
+    _pairs[(key, type(value), value)] = encoded
+    _values_of[key] = cached + 1
 
 
 def _any_value(value: Any) -> bytes:

@@ -154,3 +154,20 @@ def test_an_int_beyond_int64_is_dropped_with_a_log_line_like_upstream(
     attributes = decoded(payload).resource_spans[0].scope_spans[0].spans[0].attributes
     assert [pair.key for pair in attributes] == ["kept"]
     assert "'big' not exported" in caplog.text
+
+
+def test_ids_do_not_fill_the_cache_and_shared_values_stay_cached() -> None:
+    from observability import otlp_encoding
+
+    tracer_provider, exporter = provider(Resource({"service.name": "ids"}))
+    tracer = tracer_provider.get_tracer("ids")
+    for number in range(otlp_encoding.VALUES_PER_KEY * 20):
+        tracer.start_span(
+            "process default", attributes={"message.id": f"id-{number}", "system": "rabbitmq"}
+        ).end()
+    spans = exporter.get_finished_spans()
+    assert decoded(encode_spans(spans)) == upstream_encode_spans(spans)
+
+    by_key = [key for key, _, _ in otlp_encoding._pairs]
+    assert by_key.count("message.id") == otlp_encoding.VALUES_PER_KEY
+    assert ("system", str, "rabbitmq") in otlp_encoding._pairs
