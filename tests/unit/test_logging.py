@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
 import logging
@@ -11,8 +12,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from pythonjsonlogger.json import JsonFormatter
 
-from shared.logging import CurrentStreamHandler, configure_logging, mask_secrets
+from shared.logging import CurrentStreamHandler, build_formatter, configure_logging, mask_secrets
 
 
 class Stdout:
@@ -196,3 +198,42 @@ def test_threads_logging_at_once_lose_and_mangle_nothing(batching: BatchingSetup
     assert len(lines) == 8 * 300
     for t in range(8):
         assert [line["n"] for line in lines if line["writer"] == t] == list(range(300))
+
+
+def _record(msg: object, args: tuple[object, ...] = (), **extra: object) -> logging.LogRecord:
+    logger = logging.getLogger("greenroom.test")
+    return logger.makeRecord("greenroom.test", logging.INFO, "f.py", 1, msg, args, None, extra=extra)
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        _record("task %s", ("succeeded",), event="succeeded", duration_seconds=0.000123, retries=0),
+        _record("plain"),
+        _record(
+            "größe ✓ %d", (3,), nested={"a": [1, None, True]}, when=datetime.datetime(2026, 11, 23, 1, 2)
+        ),
+        _record("to amqp://app:pw@rabbit:5672/%2F", url="redis://:hunter2@cache:6379/0"),
+        _record("%s %s", ("a", "b"), _private="hidden", queue="default"),
+    ],
+    ids=["task line", "plain", "unicode and odd values", "secrets", "private field"],
+)
+def test_fast_lines_are_the_librarys_lines(record: logging.LogRecord) -> None:
+    formatter = build_formatter("json")
+    library = mask_secrets(JsonFormatter.format(formatter, record))
+    assert formatter.format(record) == library
+    assert "hunter2" not in library and "pw@" not in library
+
+
+def test_lines_with_exceptions_stacks_or_dicts_are_the_librarys_own() -> None:
+    formatter = build_formatter("json")
+    try:
+        raise ValueError("nope")
+    except ValueError:
+        failed = logging.getLogger("t").makeRecord("t", logging.ERROR, "f", 1, "failed", (), sys.exc_info())
+    stacked = _record("here")
+    stacked.stack_info = "Stack (most recent call last): ..."
+    for record in (failed, stacked, _record({"event": "dict message"})):
+        line = formatter.format(record)
+        assert line == mask_secrets(JsonFormatter.format(formatter, record))
+        assert {"exc_info", "stack_info", "event"} & set(json.loads(line))
