@@ -74,6 +74,20 @@ def _proxied(url: str) -> bool:
     return parts.scheme in proxies and not urllib.request.proxy_bypass(parts.hostname or "")
 
 
+#: Spans per export request unless OTEL_BSP_MAX_EXPORT_BATCH_SIZE (or OTEL_BSP_MAX_QUEUE_SIZE)
+#: is set. With the SDK's 512 a busy worker holds more finished spans at once (a batch
+#: being sent while the next fills): `greenroom bench` measured a peak RSS of 48.9 MiB
+#: per worker process with 512 and 46.6 MiB with 128 (N=8000, P=2, T=8), the same CPU.
+EXPORT_BATCH_SIZE = 128
+
+
+def _export_batch_size() -> int | None:
+    """greenroom's default batch size, or None to let the SDK read its OTEL_BSP_* variables."""
+    if os.environ.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") or os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE"):
+        return None
+    return EXPORT_BATCH_SIZE
+
+
 def build_resource(*, default_service_name: str, service_version: str, process_type: str) -> Resource:
     """Resource with service.version and the process type; OTEL_SERVICE_NAME and a
     service.name in OTEL_RESOURCE_ATTRIBUTES win over ``default_service_name``."""
@@ -104,7 +118,9 @@ def configure_tracer_provider(
         ),
         shutdown_on_exit=False,
     )
-    provider.add_span_processor(BatchSpanProcessor(exporter or build_exporter(protocol)))
+    provider.add_span_processor(
+        BatchSpanProcessor(exporter or build_exporter(protocol), max_export_batch_size=_export_batch_size())
+    )
     trace.set_tracer_provider(provider)
     return provider
 
