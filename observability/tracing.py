@@ -17,9 +17,10 @@ written (the line carries the trace id).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -73,6 +74,8 @@ class Tracing(Middleware):
         # one is installed (worker processes install theirs after fork).
         self.tracer: Tracer = trace.get_tracer(_INSTRUMENTATION, tracer_provider=tracer_provider)
         self.new_trace_per_task = new_trace_per_task
+        self._tracer_provider = tracer_provider
+        self._consumer_spans: tuple[TracerProvider | None, Callable[..., Span] | None] = (None, None)
         self._publishing: dict[int, _OpenSpan] = {}
         self._processing: dict[int, _OpenSpan] = {}
 
@@ -175,12 +178,31 @@ class Tracing(Middleware):
         queue = q_name(message.queue_name)
         attributes = _attributes(message, operation="process", routing_key=message.queue_name)
         attributes[RETRIES_ATTRIBUTE] = int(message.options.get("retries", 0))
-        span = self.tracer.start_span(
-            f"process {queue}", context=parent, kind=SpanKind.CONSUMER, links=links, attributes=attributes
-        )
+        name = f"process {queue}"
+        start_consumer_span = self._consumer_span_starter()
+        if start_consumer_span is not None:
+            span = start_consumer_span(name, parent=parent, attributes=attributes, links=links)
+        else:
+            span = self.tracer.start_span(
+                name, context=parent, kind=SpanKind.CONSUMER, links=links, attributes=attributes
+            )
         # Baggage from the producer stays available inside the task, even with a new trace.
         token = otel_context.attach(trace.set_span_in_context(span, producer_context))
         self._processing[threading.get_ident()] = _OpenSpan(message.message_id, span, token)
+
+    def _consumer_span_starter(self) -> Callable[..., Span] | None:
+        """:func:`observability.consumer_span.start_consumer_span` for this provider's SDK
+        tracer (looked up once per provider), or None to use the tracer's own spans."""
+        provider = self._tracer_provider or trace.get_tracer_provider()
+        cached_for, starter = self._consumer_spans
+        if cached_for is not provider:
+            # Imported here: a producer process need not load the SDK for this module.
+            from observability.consumer_span import sdk_tracer, start_consumer_span
+
+            tracer = sdk_tracer(provider, _INSTRUMENTATION)
+            starter = None if tracer is None else functools.partial(start_consumer_span, tracer)
+            self._consumer_spans = (provider, starter)
+        return starter
 
     def after_process_message(
         self,
