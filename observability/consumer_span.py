@@ -4,8 +4,10 @@ The OpenTelemetry SDK builds every span through general machinery: each
 attribute validated into a ``BoundedAttributes``, links re-wrapped, a lock,
 and a second, read-only copy of the span when it ends. A worker makes one
 such span per task, with attributes greenroom itself wrote; that machinery
-was its largest single cost (about 114 us of CPU per task in a busy worker,
-against about 30 us for this class).
+was its largest single cost. Recording and exporting a task's span took
+263,000 instructions with the SDK's span and takes 156,000 with this class
+(callgrind, one task's middleware path in isolation); in a busy worker the
+CPU per task fell by about 11%.
 
 :func:`start_consumer_span` follows the SDK tracer's rules (the configured
 sampler decides, the configured id generator makes the ids, the span
