@@ -93,19 +93,21 @@ def _span(span: ReadableSpan) -> bytes:
         parts += (b"\x39", _pack_fixed64(start))
     if end:
         parts += (b"\x41", _pack_fixed64(end))
-    if span.attributes:
-        parts.append(_attributes(9, span.attributes))
-    if span.dropped_attributes:
-        parts += (b"\x50", _varint(span.dropped_attributes))
+    attributes = span.attributes  # each of these properties builds a new view or tuple: read once
+    if attributes:
+        parts.append(_attributes(9, attributes))
+    if dropped := span.dropped_attributes:
+        parts += (b"\x50", _varint(dropped))
     for event in span.events:
         parts.append(_field(11, _event(event)))
-    if span.dropped_events:
-        parts += (b"\x60", _varint(span.dropped_events))
+    if dropped := span.dropped_events:
+        parts += (b"\x60", _varint(dropped))
     for link in span.links:
         parts.append(_field(13, _link(link)))
-    if span.dropped_links:
-        parts += (b"\x70", _varint(span.dropped_links))
-    parts += (_status(span.status), b"\x85\x01", _pack_fixed32(_flags(parent)))
+    if dropped := span.dropped_links:
+        parts += (b"\x70", _varint(dropped))
+    remote = parent is not None and parent.is_remote
+    parts += (_status(span.status), _FLAGS_REMOTE if remote else _FLAGS_LOCAL)
     return b"".join(parts)
 
 
@@ -141,12 +143,20 @@ def _ids(context: SpanContext) -> bytes:
 
 
 def _status(status: Status) -> bytes:
+    if status.status_code is StatusCode.UNSET and not status.description:
+        return _UNSET_STATUS
     body = b""
     if status.description:
         body += _string(2, status.description)
     if status.status_code is not StatusCode.UNSET:
         body += b"\x18" + _varint(status.status_code.value)
     return _field(15, body)
+
+
+_UNSET_STATUS = b"\x7a\x00"  # field 15, empty: the status of most spans
+#: Span field 16 (flags, fixed32) for a span whose parent is remote, and for any other.
+_FLAGS_REMOTE = b"\x85\x01" + _pack_fixed32(_HAS_IS_REMOTE | _IS_REMOTE)
+_FLAGS_LOCAL = b"\x85\x01" + _pack_fixed32(_HAS_IS_REMOTE)
 
 
 def _flags(parent: SpanContext | None) -> int:
