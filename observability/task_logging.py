@@ -22,8 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from contextvars import ContextVar
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import dramatiq
 from dramatiq.broker import MessageProxy
@@ -32,8 +31,7 @@ from dramatiq.middleware import Middleware
 logger = logging.getLogger("greenroom.task")
 
 
-@dataclass(frozen=True, slots=True)
-class _RunningTask:
+class _RunningTask(NamedTuple):  # a tuple: made per task, at a quarter of a frozen dataclass's cost
     message_id: str
     actor: str
     queue: str
