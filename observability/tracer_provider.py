@@ -68,10 +68,12 @@ def build_exporter(protocol: OtlpProtocol) -> SpanExporter:
 
 
 def _proxied(url: str) -> bool:
-    """Whether the proxy variables (HTTP_PROXY, HTTPS_PROXY, NO_PROXY) send ``url`` through a proxy."""
+    """Whether the proxy variables (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, NO_PROXY) send
+    ``url`` through a proxy."""
     parts = urlsplit(url)
     proxies = urllib.request.getproxies()
-    return parts.scheme in proxies and not urllib.request.proxy_bypass(parts.hostname or "")
+    proxied = parts.scheme in proxies or "all" in proxies
+    return proxied and not urllib.request.proxy_bypass(parts.hostname or "")
 
 
 #: Spans per export request unless OTEL_BSP_MAX_EXPORT_BATCH_SIZE (or OTEL_BSP_MAX_QUEUE_SIZE)

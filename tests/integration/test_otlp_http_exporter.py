@@ -44,6 +44,8 @@ ENDPOINT_VARIABLES = (
     "https_proxy",
     "NO_PROXY",
     "no_proxy",
+    "ALL_PROXY",
+    "all_proxy",
 )
 
 
@@ -233,6 +235,14 @@ def test_build_exporter_uses_the_library_exporter_only_where_it_must(monkeypatch
     assert type(build_exporter("http/protobuf")) is OTLPSpanExporter
     monkeypatch.setenv("NO_PROXY", "collector")
     assert type(build_exporter("http/protobuf")) is OtlpHttpSpanExporter
+    monkeypatch.delenv("HTTP_PROXY")
+    monkeypatch.delenv("NO_PROXY")
+    monkeypatch.setenv("ALL_PROXY", "socks5://proxy:1080")
+    assert type(build_exporter("http/protobuf")) is OTLPSpanExporter
+    monkeypatch.delenv("ALL_PROXY")
+    monkeypatch.setenv("OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER", "vault")
+    with pytest.raises(RuntimeError, match="vault"):  # the library's exporter looks it up
+        build_exporter("http/protobuf")
 
 
 def test_a_worker_process_loads_neither_requests_nor_protobuf() -> None:
