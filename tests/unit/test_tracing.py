@@ -13,14 +13,16 @@ import dramatiq
 import pytest
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Middleware, Retries, SkipMessage
-from opentelemetry import baggage, trace
+from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
+from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from observability.tracing import TRACE_CONTEXT_OPTION, TraceContextFilter, Tracing
+from observability.tracing import TRACE_CONTEXT_OPTION, TraceContextFilter, Tracing, producer_context_of
 
 
 class SkipMarked(Middleware):
@@ -300,3 +302,30 @@ def test_bookkeeping_is_empty_after_1000_messages_including_failed_and_skipped(
     assert len(skipped) == len([n for n in range(1000) if n % 7 == 0])
     assert tracing.open_spans == 0
     assert trace.get_current_span() is trace.INVALID_SPAN
+
+
+def test_a_batch_carrier_is_read_once_and_gives_what_the_propagator_gives() -> None:
+    carrier = {
+        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "baggage": "tenant=blue",
+    }
+    first, second = producer_context_of(dict(carrier)), producer_context_of(dict(carrier))
+    assert first is second  # the second message of a batch reuses the first one's context
+    expected = propagate.extract(carrier, context=otel_context.Context())
+    span_context = trace.get_current_span(first).get_span_context()
+    assert span_context == trace.get_current_span(expected).get_span_context()
+    assert baggage.get_all(first) == baggage.get_all(expected)
+    assert trace.get_current_span(first).get_span_context().span_id == 0xB7AD6B7169203331
+    assert baggage.get_baggage("tenant", first) == "blue"
+
+    saved = propagate.get_global_textmap()
+    propagate.set_global_textmap(CompositePropagator([TraceContextTextMapPropagator()]))
+    try:
+        without_baggage = producer_context_of(dict(carrier))  # another propagator: read again
+        assert baggage.get_baggage("tenant", without_baggage) is None
+    finally:
+        propagate.set_global_textmap(saved)
+
+    assert producer_context_of(None) == otel_context.Context()
+    malformed = producer_context_of({"traceparent": ["not", "a", "string"]})  # type: ignore[dict-item]
+    assert not trace.get_current_span(malformed).get_span_context().is_valid
