@@ -30,6 +30,7 @@ import threading
 import traceback
 from collections.abc import Mapping, Sequence
 from time import time_ns
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -106,34 +107,22 @@ class ConsumerSpan(trace.Span, ReadableSpan):
             self._attributes[key] = value
 
     def add_event(self, name: str, attributes: types.Attributes = None, timestamp: int | None = None) -> None:
-        bounded = BoundedAttributes(
-            self._limits.max_event_attributes,
-            attributes,
-            max_value_len=self._limits.max_attribute_length,
-            immutable=True,
-        )
+        frozen = self._frozen(self._limits.max_event_attributes, attributes)
         with self._lock:
             if self._ended("Calling add_event on an ended span."):
                 return
-            if not isinstance(self._events, BoundedList):
-                self._events = BoundedList(self._limits.max_events)
-            self._events.append(Event(name=name, attributes=bounded, timestamp=timestamp))
+            self._events = _bounded(self._events, self._limits.max_events)
+            self._events.append(Event(name=name, attributes=frozen, timestamp=timestamp))
 
     def add_link(self, context: SpanContext, attributes: types.Attributes = None) -> None:
         if not (context and (context.is_valid or attributes or context.trace_state)):
             return  # as the SDK: a link to nothing is not kept
-        bounded = BoundedAttributes(
-            self._limits.max_link_attributes,
-            attributes,
-            max_value_len=self._limits.max_attribute_length,
-            immutable=True,
-        )
+        frozen = self._frozen(self._limits.max_link_attributes, attributes)
         with self._lock:
             if self._ended("Calling add_link on an ended span."):
                 return
-            if not isinstance(self._links, BoundedList):
-                self._links = BoundedList.from_seq(self._limits.max_links, self._links)
-            self._links.append(Link(context, bounded))
+            self._links = _bounded(self._links, self._limits.max_links)
+            self._links.append(Link(context, frozen))
 
     def update_name(self, name: str) -> None:
         with self._lock:
@@ -193,13 +182,24 @@ class ConsumerSpan(trace.Span, ReadableSpan):
                 maximum, self._attributes, immutable=False, max_value_len=limits.max_span_attribute_length
             )
         if limits.max_links is not None and len(self._links) > limits.max_links:
-            self._links = BoundedList.from_seq(limits.max_links, self._links)
+            self._links = _bounded(self._links, limits.max_links)
+
+    def _frozen(self, maximum: int | None, attributes: types.Attributes) -> BoundedAttributes:
+        """An event's or link's attributes, bounded as the SDK bounds them."""
+        return BoundedAttributes(
+            maximum, attributes, max_value_len=self._limits.max_attribute_length, immutable=True
+        )
 
     def _ended(self, warning: str) -> bool:
         if self._end_time is None:
             return False
         logger.warning(warning)
         return True
+
+
+def _bounded(items: Sequence[Any], maximum: int | None) -> BoundedList:
+    """``items`` as the SDK's BoundedList (made on first use: most spans never need one)."""
+    return items if isinstance(items, BoundedList) else BoundedList.from_seq(maximum, items)
 
 
 #: What start_consumer_span reads from an SDK tracer; a tracer without them gets the SDK's spans.
