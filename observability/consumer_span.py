@@ -197,7 +197,7 @@ class ConsumerSpan(trace.Span, ReadableSpan):
         return True
 
 
-def _bounded(items: Sequence[Any], maximum: int | None) -> BoundedList:
+def _bounded(items: Sequence[Any], maximum: int | None) -> BoundedList[Any]:
     """``items`` as the SDK's BoundedList (made on first use: most spans never need one)."""
     return items if isinstance(items, BoundedList) else BoundedList.from_seq(maximum, items)
 
