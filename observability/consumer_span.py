@@ -115,8 +115,8 @@ class ConsumerSpan(trace.Span, ReadableSpan):
             self._events.append(Event(name=name, attributes=frozen, timestamp=timestamp))
 
     def add_link(self, context: SpanContext, attributes: types.Attributes = None) -> None:
-        if not (context and (context.is_valid or attributes or context.trace_state)):
-            return  # as the SDK: a link to nothing is not kept
+        if not _keeps(context, attributes):
+            return
         frozen = self._frozen(self._limits.max_link_attributes, attributes)
         with self._lock:
             if self._ended("Calling add_link on an ended span."):
@@ -197,6 +197,11 @@ class ConsumerSpan(trace.Span, ReadableSpan):
         return True
 
 
+def _keeps(context: SpanContext, attributes: types.Attributes) -> bool:
+    """As the SDK: a link to nothing (an invalid context, no attributes or trace state) is not kept."""
+    return bool(context and (context.is_valid or attributes or context.trace_state))
+
+
 def _bounded(items: Sequence[Any], maximum: int | None) -> BoundedList[Any]:
     """``items`` as the SDK's BoundedList (made on first use: most spans never need one)."""
     return items if isinstance(items, BoundedList) else BoundedList.from_seq(maximum, items)
@@ -268,7 +273,7 @@ def start_consumer_span(
         context=context,
         parent=parent_span if parent_span.is_valid else None,
         attributes=dict(sampling.attributes or {}),
-        links=tuple(links),
+        links=tuple(link for link in links if _keeps(link.context, link.attributes)),
     )
     span._apply_limits()
     # Processors are typed for the SDK's Span; ConsumerSpan offers the same API.

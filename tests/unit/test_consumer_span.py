@@ -130,6 +130,7 @@ def test_what_a_task_does_with_its_span_is_recorded_as_by_the_sdk() -> None:
         span.set_attributes({"order.lines": ("a", "b"), "messaging.system": "overridden"})
         span.add_event("checkpoint", {"n": 2})
         span.add_link(SpanContext(0x1, 0x2, is_remote=True), {"why": "fan-in"})
+        span.add_link(SpanContext(0, 0, is_remote=False))  # a link to nothing: not kept
         span.update_name("process default (renamed)")
         try:
             raise ValueError("nope")
