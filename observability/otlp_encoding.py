@@ -5,7 +5,8 @@ value before serialising them; on a busy worker that costs more CPU than the
 task itself (about 75 us per consumer span on a 2-core machine). This module
 writes the same protobuf wire format directly, with the parts that never
 change (resource, scope, attribute keys, span names) encoded once and reused:
-about 8 us per span.
+about 12 us per consumer span with a fresh message id (batches of 128, measured
+alone on the development machine, 2026-11-24).
 
 The output decodes to exactly the message that
 ``opentelemetry.exporter.otlp.proto.common.trace_encoder.encode_spans`` builds
