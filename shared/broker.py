@@ -31,6 +31,7 @@ from dramatiq.results import Results
 from opentelemetry.trace import TracerProvider
 
 from observability.task_logging import TaskLogging
+from shared.batched_acks import BatchedAckConsumer
 from shared.logging import BatchedWorkerLogs
 from shared.results import RedisResultBackend
 from shared.settings import Settings
@@ -93,6 +94,11 @@ class GreenroomBroker(RabbitmqBroker):
             ]
             self._hooks[name] = hooks
         return hooks
+
+    @property
+    def consumer_class(self) -> type[Any]:
+        """Dramatiq's consumer with acks sent in batches (:mod:`shared.batched_acks`)."""
+        return BatchedAckConsumer
 
     def _declare_xq_queue(self, queue_name: str) -> Any:
         return self.channel.queue_declare(

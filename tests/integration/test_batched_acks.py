@@ -1,0 +1,160 @@
+"""Batched acks against the real RabbitMQ: only finished messages are acked, failed ones dead-lettered.
+
+After each scenario the consumer is closed without settling the rest, so
+RabbitMQ puts every message it still holds unacked back in the queue: what is
+left there is exactly what was never acked.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import dramatiq
+import pika
+import pytest
+from dramatiq.middleware import Retries
+
+from shared.batched_acks import BatchedAckConsumer, settlement_frames
+from shared.broker import GreenroomBroker
+
+QUEUE = "greenroom-test-acks"
+
+
+@pytest.fixture
+def broker(rabbitmq_url: str) -> Iterator[GreenroomBroker]:
+    broker = GreenroomBroker(url=rabbitmq_url, dead_letter_ttl_ms=60_000, middleware=[])
+    broker.declare_queue(QUEUE, ensure=True)
+    yield broker
+    broker.close()
+    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
+    try:
+        for name in (QUEUE, f"{QUEUE}.DQ", f"{QUEUE}.XQ"):
+            connection.channel().queue_delete(name)
+    finally:
+        connection.close()
+
+
+def _enqueue(broker: GreenroomBroker, count: int) -> None:
+    for number in range(count):
+        broker.enqueue(dramatiq.Message(QUEUE, "echo", (number,), {}, {}))
+
+
+def _receive(consumer: BatchedAckConsumer, count: int) -> list[Any]:
+    messages: list[Any] = []
+    for _ in range(count * 10):
+        message = next(consumer)
+        if message is not None:
+            messages.append(message)
+        if len(messages) == count:
+            return messages
+    raise AssertionError(f"received {len(messages)} of {count} messages")
+
+
+def _left_in(rabbitmq_url: str, queue: str) -> list[Any]:
+    """The first argument of every message in ``queue`` (sorted), removing them."""
+    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
+    try:
+        channel = connection.channel()
+        found = []
+        while True:
+            method, _properties, body = channel.basic_get(queue, auto_ack=True)
+            if method is None:
+                return sorted(found, key=str)
+            try:
+                found.append(json.loads(body)["args"][0])
+            except ValueError:
+                found.append(body)
+    finally:
+        connection.close()
+
+
+def test_settlement_frames_never_ack_past_an_unfinished_message() -> None:
+    # One multiple ack for everything below the oldest unfinished tag, single acks above it.
+    assert settlement_frames([(1, True), (2, True), (3, True)], None) == [(3, True, True)]
+    assert settlement_frames([(2, True), (5, True)], oldest_unfinished=3) == [(2, True, True), (5, True, False)]
+    assert settlement_frames([(4, True), (5, True)], oldest_unfinished=1) == [
+        (4, True, False),
+        (5, True, False),
+    ]
+    # Rejections go first, one each, so a multiple ack never covers one.
+    assert settlement_frames([(2, True), (1, False), (3, True)], None) == [(1, False, False), (3, True, True)]
+
+
+def test_acks_of_later_messages_leave_an_earlier_unfinished_one_unacked(
+    broker: GreenroomBroker, rabbitmq_url: str
+) -> None:
+    _enqueue(broker, 6)
+    consumer = broker.consume(QUEUE, prefetch=6, timeout=100)
+    assert isinstance(consumer, BatchedAckConsumer)
+    messages = _receive(consumer, 6)
+    for finished in (messages[1], messages[2], messages[4]):
+        consumer.ack(finished)
+    consumer.close()  # waits for the scheduled settlement, then drops the connection
+
+    assert _left_in(rabbitmq_url, QUEUE) == [0, 3, 5]  # redelivered: never acked
+    assert _left_in(rabbitmq_url, f"{QUEUE}.XQ") == []
+
+
+def test_a_rejection_in_a_batch_is_dead_lettered_not_covered_by_the_multiple_ack(
+    broker: GreenroomBroker, rabbitmq_url: str
+) -> None:
+    _enqueue(broker, 4)
+    consumer = broker.consume(QUEUE, prefetch=4, timeout=100)
+    first, *rest = _receive(consumer, 4)
+    consumer.nack(first)
+    for message in rest:
+        consumer.ack(message)
+    consumer.close()
+
+    assert _left_in(rabbitmq_url, QUEUE) == []
+    assert _left_in(rabbitmq_url, f"{QUEUE}.XQ") == [0]
+
+
+def test_an_undecodable_message_between_acked_ones_is_dead_lettered(
+    broker: GreenroomBroker, rabbitmq_url: str
+) -> None:
+    _enqueue(broker, 1)
+    broker.channel.basic_publish(exchange="", routing_key=QUEUE, body=b"not a dramatiq message")
+    _enqueue(broker, 1)
+    consumer = broker.consume(QUEUE, prefetch=3, timeout=100)
+    messages = _receive(consumer, 2)  # Dramatiq's consumer rejects the third itself
+    for message in messages:
+        consumer.ack(message)
+    consumer.close()
+
+    assert _left_in(rabbitmq_url, QUEUE) == []
+    assert _left_in(rabbitmq_url, f"{QUEUE}.XQ") == [b"not a dramatiq message"]
+
+
+def test_a_busy_worker_acks_every_success_once_and_dead_letters_every_failure(
+    broker: GreenroomBroker, rabbitmq_url: str
+) -> None:
+    count = 400
+    failing = set(random.Random(7).sample(range(count), 40))
+    broker.add_middleware(Retries(max_retries=0))
+    runs: list[int] = []
+    lock = threading.Lock()
+
+    @dramatiq.actor(actor_name="echo", queue_name=QUEUE, broker=broker)
+    def echo(number: int) -> None:
+        with lock:
+            runs.append(number)
+        if number in failing:
+            raise ValueError(f"task {number} fails on purpose")
+
+    _enqueue(broker, count)
+    worker = dramatiq.Worker(broker, worker_threads=8, worker_timeout=100)
+    worker.start()
+    try:
+        broker.join(QUEUE, timeout=60_000)
+        worker.join()
+    finally:
+        worker.stop()
+
+    assert sorted(runs) == list(range(count))  # each ran once: nothing redelivered
+    assert _left_in(rabbitmq_url, QUEUE) == []
+    assert _left_in(rabbitmq_url, f"{QUEUE}.XQ") == sorted(failing, key=str)
