@@ -21,21 +21,29 @@ then see whether a failed message will retry or is dead-lettered).
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import dramatiq
 from dramatiq.broker import MessageProxy
 from dramatiq.middleware import Middleware
 from opentelemetry import trace
+from opentelemetry.trace import SpanContext
 from prometheus_client import Counter, Gauge, Histogram
 
 from observability.exemplars import ExemplarStore
 from observability.worker_registry import READY, STOPPING, WorkerRegistry
+
+logger = logging.getLogger("greenroom.metrics")
+
+#: Seconds between applying a worker process's noted task figures to its metric files.
+FLUSH_INTERVAL_SECONDS = 0.1
 
 #: Message option: epoch milliseconds at which the message became due (set on every enqueue).
 READY_AT_OPTION = "greenroom_ready_at"
@@ -118,6 +126,13 @@ CAPACITY = Gauge(
 class Metrics(Middleware):
     """Records task metrics and registers the process as ready to the health server.
 
+    A worker thread only notes what happened to a task (a tuple on a queue); a
+    flusher thread applies the notes to the metrics every ``flush_interval``
+    seconds and once more at shutdown, so metric files and their locks are
+    touched by one thread, in batches, instead of by every worker thread at
+    every task. Figures therefore reach ``/metrics`` up to ``flush_interval``
+    late; a process killed with SIGKILL loses at most its last interval.
+
     >>> broker.add_middleware(Metrics(worker_registry=registry, exemplars=store, forks=[serve]),
     ...                       before=Retries)
     """
@@ -129,13 +144,20 @@ class Metrics(Middleware):
         exemplars: ExemplarStore | None = None,
         forks: Sequence[Callable[[], int]] = (),
         clock: Callable[[], float] = time.time,
+        flush_interval: float = FLUSH_INTERVAL_SECONDS,
     ) -> None:
         self.worker_registry = worker_registry
         self.exemplars = exemplars
         self._forks = list(forks)
         self.clock = clock
-        self._started: dict[int, tuple[float, str | None]] = {}
+        self.flush_interval = flush_interval
+        self._started: dict[int, _Started] = {}
         self._series: dict[tuple[str, str], _Series] = {}
+        self._noted: deque[_Waited | _Finished] = deque()
+        self._in_progress_shown: dict[_Series, int] = {}
+        self._flushing = threading.Lock()
+        self._stop_flusher = threading.Event()
+        self._flusher: threading.Thread | None = None
 
     @property
     def forks(self) -> list[Callable[[], int]]:
@@ -153,6 +175,11 @@ class Metrics(Middleware):
                 TASKS.labels(queue, name, outcome)
         if self.exemplars is not None:
             self.exemplars.start()
+        self._stop_flusher.clear()
+        self._flusher = threading.Thread(
+            target=self._flush_every_interval, name="greenroom-metrics", daemon=True
+        )
+        self._flusher.start()
         if self.worker_registry is not None:
             self.worker_registry.mark(os.getpid(), READY)
 
@@ -161,6 +188,11 @@ class Metrics(Middleware):
             self.worker_registry.mark(os.getpid(), STOPPING)
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self._stop_flusher.set()
+        if self._flusher is not None:
+            self._flusher.join(timeout=5)
+            self._flusher = None
+        self.flush()
         CAPACITY.set(0)
         if self.exemplars is not None:
             self.exemplars.stop()
@@ -177,12 +209,9 @@ class Metrics(Middleware):
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         series = self._series_of(message)
         ready_at = message.options.get(READY_AT_OPTION) or message.message_timestamp
-        trace_id = _sampled_trace_id() if self.exemplars is not None else None
-        self._observe(
-            series, QUEUE_WAIT, series.wait, WAIT_BUCKETS, max(0.0, self.clock() - ready_at / 1000), trace_id
-        )
-        series.in_progress.inc()
-        self._started[threading.get_ident()] = (time.perf_counter(), trace_id)
+        span_context = trace.get_current_span().get_span_context() if self.exemplars is not None else None
+        self._note(_Waited(series, max(0.0, self.clock() - ready_at / 1000), span_context))
+        self._started[threading.get_ident()] = _Started(time.perf_counter(), series, span_context)
 
     def after_process_message(
         self,
@@ -202,15 +231,16 @@ class Metrics(Middleware):
 
     def _finish(self, message: MessageProxy, outcome: str) -> None:
         started = self._started.pop(threading.get_ident(), None)
-        series = self._series_of(message)
-        series.outcomes[outcome].inc()
-        if started is None:
-            return  # skipped before this middleware's before_process_message ran
-        series.in_progress.dec()
-        began, trace_id = started
-        self._observe(
-            series, DURATION, series.duration, DURATION_BUCKETS, time.perf_counter() - began, trace_id
-        )
+        if started is None:  # skipped before this middleware's before_process_message ran
+            self._note(_Finished(self._series_of(message), outcome, None, None))
+            return
+        seconds = time.perf_counter() - started.at
+        self._note(_Finished(started.series, outcome, seconds, started.span_context))
+
+    def _note(self, noted: _Waited | _Finished) -> None:
+        self._noted.append(noted)
+        if self._flusher is None:  # not in a booted worker (no flusher): apply it at once
+            self.flush()
 
     def _series_of(self, message: MessageProxy) -> _Series:
         key = (message.queue_name, message.actor_name)
@@ -219,23 +249,80 @@ class Metrics(Middleware):
             series = self._series[key] = _Series.of(*key)
         return series
 
+    # Applying the notes --------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Apply every noted figure to the metrics (the flusher thread calls this)."""
+        with self._flushing:
+            finished: dict[tuple[_Series, str], int] = {}
+            while True:
+                try:
+                    noted = self._noted.popleft()
+                except IndexError:
+                    break
+                if isinstance(noted, _Waited):
+                    self._observe(QUEUE_WAIT, noted.series.wait, WAIT_BUCKETS, noted)
+                    continue
+                key = (noted.series, noted.outcome)
+                finished[key] = finished.get(key, 0) + 1
+                if noted.seconds is not None:
+                    self._observe(DURATION, noted.series.duration, DURATION_BUCKETS, noted)
+            for (series, outcome), count in finished.items():
+                series.outcomes[outcome].inc(count)
+            self._show_in_progress()
+
+    def _show_in_progress(self) -> None:
+        running: dict[_Series, int] = dict.fromkeys(self._in_progress_shown, 0)
+        for started in list(self._started.values()):
+            running[started.series] = running.get(started.series, 0) + 1
+        for series, count in running.items():
+            if self._in_progress_shown.get(series) != count:
+                series.in_progress.set(count)
+                self._in_progress_shown[series] = count
+
+    def _flush_every_interval(self) -> None:
+        while not self._stop_flusher.wait(self.flush_interval):
+            try:
+                self.flush()
+            except Exception:  # a full disk must not end metrics for good
+                logger.exception("Could not update the worker's metrics.")
+
     def _observe(
-        self,
-        series: _Series,
-        histogram: Histogram,
-        child: Histogram,
-        buckets: tuple[float, ...],
-        value: float,
-        trace_id: str | None,
+        self, histogram: Histogram, child: Histogram, buckets: tuple[float, ...], noted: _Waited | _Finished
     ) -> None:
-        child.observe(value)
-        if self.exemplars is not None and trace_id is not None:
+        assert noted.seconds is not None
+        child.observe(noted.seconds)
+        span_context = noted.span_context
+        if self.exemplars is not None and span_context is not None and _sampled(span_context):
             self.exemplars.observe(
-                histogram._name, series.label_pairs, value=value, buckets=buckets, trace_id=trace_id
+                histogram._name,
+                noted.series.label_pairs,
+                value=noted.seconds,
+                buckets=buckets,
+                trace_id=format(span_context.trace_id, "032x"),
             )
 
 
-@dataclass(frozen=True, slots=True)
+class _Started(NamedTuple):
+    at: float  # perf_counter()
+    series: _Series
+    span_context: SpanContext | None
+
+
+class _Waited(NamedTuple):
+    series: _Series
+    seconds: float
+    span_context: SpanContext | None
+
+
+class _Finished(NamedTuple):
+    series: _Series
+    outcome: str
+    seconds: float | None  # None: skipped before it started
+    span_context: SpanContext | None
+
+
+@dataclass(frozen=True, slots=True, eq=False)  # eq=False: hashed by identity, one per (queue, actor)
 class _Series:
     """The metric children of one (queue, actor), looked up once instead of per message."""
 
@@ -256,9 +343,6 @@ class _Series:
         )
 
 
-def _sampled_trace_id() -> str | None:
-    """The current span's trace id (32 hex digits) if it is sampled, for exemplars."""
-    span_context = trace.get_current_span().get_span_context()
-    if span_context.is_valid and span_context.trace_flags.sampled:
-        return format(span_context.trace_id, "032x")
-    return None
+def _sampled(span_context: SpanContext) -> bool:
+    """Whether a span context belongs to a sampled trace (exemplars link only to those)."""
+    return span_context.is_valid and span_context.trace_flags.sampled

@@ -71,8 +71,8 @@ def test_counters_equal_known_traffic_summed_across_processes(
     assert flaky.result(timeout=20)["attempts"] == 3
     worker.wait_for_task_events(36)
 
-    # Then: exact counts, summed over both processes' files
-    assert _tasks_total(worker, "echo", "success") == 30
+    # Then: exact counts, summed over both processes' files (applied within METRICS' flush interval)
+    wait_for(lambda: _tasks_total(worker, "echo", "success") == 30, 5, "30 successes in the metrics")
     assert _tasks_total(worker, "fail", "failure") == 3
     assert _tasks_total(worker, "reports.sync_inventory", "retry") == 2
     assert _tasks_total(worker, "reports.sync_inventory", "success") == 1
@@ -88,6 +88,20 @@ def test_counters_equal_known_traffic_summed_across_processes(
     assert queue_messages[(("queue", "default"), ("state", "dead_letter"))] == 3
     assert queue_messages[(("queue", "default"), ("state", "ready"))] == 0
     assert list(_samples(worker, "greenroom_build_info")) == [(("version", "0.1.0"),)]
+
+
+def test_in_progress_counts_a_running_task_then_drops_to_zero(
+    start_worker: StartWorker, producer: Producer
+) -> None:
+    worker = start_worker(processes=1, threads=2)
+    series = (("actor", "echo"), ("queue", "default"))
+
+    handle = producer.send("echo", payload=1, delay_ms=1500)
+    wait_for(
+        lambda: _samples(worker, "greenroom_tasks_in_progress").get(series) == 1, 5, "the task in progress"
+    )
+    assert handle.result(timeout=10) == 1
+    wait_for(lambda: _samples(worker, "greenroom_tasks_in_progress").get(series) == 0, 5, "nothing in progress")
 
 
 def test_histograms_carry_trace_id_exemplars_in_openmetrics(
