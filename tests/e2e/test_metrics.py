@@ -101,7 +101,9 @@ def test_in_progress_counts_a_running_task_then_drops_to_zero(
         lambda: _samples(worker, "greenroom_tasks_in_progress").get(series) == 1, 5, "the task in progress"
     )
     assert handle.result(timeout=10) == 1
-    wait_for(lambda: _samples(worker, "greenroom_tasks_in_progress").get(series) == 0, 5, "nothing in progress")
+    wait_for(
+        lambda: _samples(worker, "greenroom_tasks_in_progress").get(series) == 0, 5, "nothing in progress"
+    )
 
 
 def test_histograms_carry_trace_id_exemplars_in_openmetrics(

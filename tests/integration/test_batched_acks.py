@@ -75,7 +75,10 @@ def _left_in(rabbitmq_url: str, queue: str) -> list[Any]:
 def test_settlement_frames_never_ack_past_an_unfinished_message() -> None:
     # One multiple ack for everything below the oldest unfinished tag, single acks above it.
     assert settlement_frames([(1, True), (2, True), (3, True)], None) == [(3, True, True)]
-    assert settlement_frames([(2, True), (5, True)], oldest_unfinished=3) == [(2, True, True), (5, True, False)]
+    assert settlement_frames([(2, True), (5, True)], oldest_unfinished=3) == [
+        (2, True, True),
+        (5, True, False),
+    ]
     assert settlement_frames([(4, True), (5, True)], oldest_unfinished=1) == [
         (4, True, False),
         (5, True, False),
