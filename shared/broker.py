@@ -10,8 +10,9 @@ True
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dramatiq
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
@@ -27,17 +28,19 @@ from dramatiq.middleware import (
     ShutdownNotifications,
     TimeLimit,
 )
-from dramatiq.results import Results
+from dramatiq.results import ResultBackend, Results
 from opentelemetry.trace import TracerProvider
 
 from observability.task_logging import TaskLogging
 from shared.batched_acks import BatchedAckConsumer
 from shared.logging import BatchedWorkerLogs
-from shared.results import RedisResultBackend
 from shared.settings import Settings
 from shared.telemetry import Role, tracing_middleware
 from shared.worker_metrics import metrics_middleware
 from shared.worker_signals import CoalesceTermSignals
+
+if TYPE_CHECKING:
+    from shared.results import RedisResultBackend
 
 
 class GreenroomBroker(RabbitmqBroker):
@@ -112,7 +115,35 @@ def _owner(hook: Callable[..., Any]) -> object:
 
 def build_result_backend(settings: Settings) -> RedisResultBackend:
     """The Redis result backend at REDIS_URL."""
+    from shared.results import RedisResultBackend  # imports redis: see LazyResultBackend
+
     return RedisResultBackend(url=settings.redis_url, store_retry_seconds=settings.RESULT_STORE_RETRY_SECONDS)
+
+
+class LazyResultBackend:
+    """Stands in for a result backend and builds it when it is first used.
+
+    redis-py takes 0.18 s and 7 MiB to import (its asyncio client and an
+    OpenTelemetry metrics SDK come with it), so a worker process loads it only
+    once one of its tasks stores (or reads) a result; workers whose actors
+    store none never do.
+
+    >>> Results(backend=LazyResultBackend(lambda: build_result_backend(settings)))
+    """
+
+    def __init__(self, build: Callable[[], ResultBackend]) -> None:
+        self._build = build
+        self._backend: ResultBackend | None = None
+        self._building = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        backend = self._backend
+        if backend is None:
+            with self._building:
+                if self._backend is None:
+                    self._backend = self._build()
+                backend = self._backend
+        return getattr(backend, name)
 
 
 def build_broker(
@@ -144,7 +175,7 @@ def build_broker(
         ),
         CurrentMessage(),
         Results(
-            backend=build_result_backend(settings),
+            backend=LazyResultBackend(lambda: build_result_backend(settings)),
             result_ttl=settings.RESULT_TTL_SECONDS * 1000,
         ),
     ]
