@@ -14,7 +14,13 @@ from collections.abc import Iterator
 import pytest
 from pythonjsonlogger.json import JsonFormatter
 
-from shared.logging import CurrentStreamHandler, build_formatter, configure_logging, mask_secrets
+from shared.logging import (
+    CurrentStreamHandler,
+    build_formatter,
+    configure_logging,
+    formats_the_same_later,
+    mask_secrets,
+)
 
 
 class Stdout:
@@ -178,6 +184,39 @@ def test_the_flusher_writes_waiting_lines_within_the_interval(
         assert "soon" in pipe.getvalue()
     finally:
         handler.stop_batching()
+
+
+def test_a_waiting_line_shows_mutable_arguments_and_fields_as_they_were_when_logged(
+    batching: BatchingSetup,
+) -> None:
+    pipe, handler = batching.pipe(), batching.handler
+    rows, fields = [1, 2], {"state": "before"}
+    logging.getLogger("greenroom.task").info("rows %s", rows)
+    logging.getLogger("greenroom.task").info("fields", extra={"fields": fields, "count": 1})
+    logging.getLogger("greenroom.task").info("scalars %s %d", "only", 3, extra={"event": "succeeded"})
+    rows.append(3)
+    fields["state"] = "after"
+    handler.stop_batching()
+
+    lines = [json.loads(line) for line in pipe.getvalue().splitlines()]
+    assert [line["message"] for line in lines] == ["rows [1, 2]", "fields", "scalars only 3"]
+    assert lines[1]["fields"] == {"state": "before"}
+    assert lines[2]["event"] == "succeeded"
+
+
+def test_only_records_of_immutable_scalars_wait_unformatted() -> None:
+    def record(**attributes: object) -> logging.LogRecord:
+        return logging.makeLogRecord({"msg": "task %s", "args": ("succeeded",), **attributes})
+
+    assert formats_the_same_later(record(event="succeeded", retries=0, duration_seconds=0.1, trace_id=None))
+    assert not formats_the_same_later(record(args=(["a"],)))
+    assert not formats_the_same_later(record(payload={"x": 1}))
+    assert not formats_the_same_later(record(msg=object()))
+    assert not formats_the_same_later(record(stack_info="Stack (most recent call last): ..."))
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        assert not formats_the_same_later(record(exc_info=sys.exc_info()))
 
 
 def test_threads_logging_at_once_lose_and_mangle_nothing(batching: BatchingSetup) -> None:
