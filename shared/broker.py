@@ -32,7 +32,7 @@ from dramatiq.results import ResultBackend, Results
 from opentelemetry.trace import TracerProvider
 
 from observability.task_logging import TaskLogging
-from shared.batched_acks import BatchedAckConsumer
+from shared.consumer import GreenroomConsumer
 from shared.logging import BatchedWorkerLogs
 from shared.settings import Settings
 from shared.telemetry import Role, tracing_middleware
@@ -100,8 +100,8 @@ class GreenroomBroker(RabbitmqBroker):
 
     @property
     def consumer_class(self) -> type[Any]:
-        """Dramatiq's consumer with acks sent in batches (:mod:`shared.batched_acks`)."""
-        return BatchedAckConsumer
+        """Dramatiq's consumer with acks sent in batches (:mod:`shared.consumer`)."""
+        return GreenroomConsumer
 
     def _declare_xq_queue(self, queue_name: str) -> Any:
         return self.channel.queue_declare(

