@@ -100,7 +100,7 @@ class GreenroomBroker(RabbitmqBroker):
 
     @property
     def consumer_class(self) -> type[Any]:
-        """Dramatiq's consumer with acks sent in batches (:mod:`shared.consumer`)."""
+        """Dramatiq's consumer with acks in batches and plain message fields (:mod:`shared.consumer`)."""
         return GreenroomConsumer
 
     def _declare_xq_queue(self, queue_name: str) -> Any:

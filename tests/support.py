@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import pika
+
 REPO = Path(__file__).resolve().parent.parent
 GREENROOM = str(Path(sys.executable).with_name("greenroom"))
 
@@ -28,6 +30,21 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def take_all(rabbitmq_url: str, queue: str) -> list[bytes]:
+    """Every message body in ``queue``, in order, removing them."""
+    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
+    try:
+        channel = connection.channel()
+        bodies = []
+        while True:
+            method, _properties, body = channel.basic_get(queue, auto_ack=True)
+            if method is None:
+                return bodies
+            bodies.append(body)
+    finally:
+        connection.close()
 
 
 def http_get(url: str, accept: str = "*/*") -> tuple[int, str]:

@@ -16,6 +16,7 @@ from dramatiq.errors import ConnectionClosed
 from shared import batch_publisher
 from shared.batch_publisher import BatchPublisher
 from shared.producer import Producer
+from tests.support import take_all
 
 FULL_QUEUE = "greenroom-test-full"
 
@@ -29,17 +30,7 @@ def _messages(queue: str, count: int) -> list[dramatiq.Message[Any]]:
 
 def _drain(rabbitmq_url: str, queue: str) -> list[int]:
     """Every payload in ``queue``, in order, removing them."""
-    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
-    try:
-        channel = connection.channel()
-        payloads = []
-        while True:
-            method, _properties, body = channel.basic_get(queue, auto_ack=True)
-            if method is None:
-                return payloads
-            payloads.append(json.loads(body)["kwargs"]["payload"])
-    finally:
-        connection.close()
+    return [json.loads(body)["kwargs"]["payload"] for body in take_all(rabbitmq_url, queue)]
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from dramatiq.middleware import Retries
 
 from shared.broker import GreenroomBroker
 from shared.consumer import GreenroomConsumer, settlement_frames
+from tests.support import take_all
 
 QUEUE = "greenroom-test-acks"
 
@@ -57,20 +58,14 @@ def _receive(consumer: GreenroomConsumer, count: int) -> list[Any]:
 
 def _left_in(rabbitmq_url: str, queue: str) -> list[Any]:
     """The first argument of every message in ``queue`` (sorted), removing them."""
-    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
+    return sorted((_first_argument(body) for body in take_all(rabbitmq_url, queue)), key=str)
+
+
+def _first_argument(body: bytes) -> Any:
     try:
-        channel = connection.channel()
-        found = []
-        while True:
-            method, _properties, body = channel.basic_get(queue, auto_ack=True)
-            if method is None:
-                return sorted(found, key=str)
-            try:
-                found.append(json.loads(body)["args"][0])
-            except ValueError:
-                found.append(body)
-    finally:
-        connection.close()
+        return json.loads(body)["args"][0]
+    except ValueError:
+        return body  # not a Dramatiq message
 
 
 def test_settlement_frames_never_ack_past_an_unfinished_message() -> None:
