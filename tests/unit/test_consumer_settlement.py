@@ -1,0 +1,74 @@
+"""The order GreenroomConsumer settles in, with the connection and channel replaced by recorders.
+
+The broker-backed tests (tests/integration/test_consumer.py) show the rules hold on RabbitMQ; this one
+pins a race they cannot provoke on demand: a settlement already scheduled when a message fails to
+decode must still reject that message before acknowledging past it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from shared.consumer import GreenroomConsumer
+
+
+class RecordingConnection:
+    def __init__(self) -> None:
+        self.callbacks: list[Callable[[], Any]] = []
+
+    def add_callback_threadsafe(self, callback: Callable[[], Any]) -> None:
+        self.callbacks.append(callback)
+
+    def run_callbacks(self) -> None:
+        while self.callbacks:
+            self.callbacks.pop(0)()
+
+
+class RecordingChannel:
+    def __init__(self) -> None:
+        self.frames: list[tuple[str, int, bool]] = []
+
+    def basic_ack(self, tag: int, multiple: bool = False) -> None:
+        self.frames.append(("ack", tag, multiple))
+
+    def basic_nack(self, tag: int, requeue: bool = True) -> None:
+        assert requeue is False
+        self.frames.append(("nack", tag, False))
+
+
+def _consumer(known_tags: set[int]) -> tuple[GreenroomConsumer, RecordingConnection, RecordingChannel]:
+    consumer = GreenroomConsumer.__new__(GreenroomConsumer)  # no broker: only the settling state
+    consumer.logger = logging.getLogger("test")
+    consumer.connection, consumer.channel = RecordingConnection(), RecordingChannel()
+    consumer.known_tags = set(known_tags)
+    consumer._settling, consumer._finished, consumer._flush_scheduled = threading.Lock(), [], False
+    return consumer, consumer.connection, consumer.channel
+
+
+class Finished:
+    def __init__(self, tag: int) -> None:
+        self._tag = tag
+
+
+def test_an_undecodable_message_is_rejected_before_a_settlement_scheduled_earlier_acks_past_it() -> None:
+    consumer, connection, channel = _consumer(known_tags={1, 3})
+    consumer.ack(Finished(1))  # schedules a settlement
+    consumer._nack(2)  # Dramatiq's consumer: tag 2 could not be decoded
+    consumer.ack(Finished(3))  # finishes before the settlement runs
+    connection.run_callbacks()
+
+    assert channel.frames == [("nack", 2, False), ("ack", 3, True)]  # one ack frame covers 1 and 3
+
+
+def test_one_settlement_per_wake_up_and_single_acks_above_an_unfinished_message() -> None:
+    consumer, connection, channel = _consumer(known_tags={1, 2, 3, 4})
+    for tag in (1, 3, 4):
+        consumer.ack(Finished(tag))
+    assert len(connection.callbacks) == 1
+    connection.run_callbacks()
+
+    assert channel.frames == [("ack", 1, True), ("ack", 3, False), ("ack", 4, False)]
+    assert consumer.known_tags == {2}
