@@ -47,6 +47,16 @@ def take_all(rabbitmq_url: str, queue: str) -> list[bytes]:
         connection.close()
 
 
+def delete_queues(rabbitmq_url: str, queue: str) -> None:
+    """Delete ``queue`` and its delay and dead-letter queues (``.DQ``, ``.XQ``)."""
+    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
+    try:
+        for name in (queue, f"{queue}.DQ", f"{queue}.XQ"):
+            connection.channel().queue_delete(name)
+    finally:
+        connection.close()
+
+
 def http_get(url: str, accept: str = "*/*") -> tuple[int, str]:
     """(status, body) of a GET; connection errors raise."""
     request = urllib.request.Request(url, headers={"Accept": accept})

@@ -9,14 +9,13 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 import dramatiq
-import pika
 import pytest
 from dramatiq.errors import ConnectionClosed
 
 from shared import batch_publisher
 from shared.batch_publisher import BatchPublisher
 from shared.producer import Producer
-from tests.support import take_all
+from tests.support import delete_queues, take_all
 
 FULL_QUEUE = "greenroom-test-full"
 
@@ -47,12 +46,7 @@ def full_after_five(rabbitmq_url: str) -> Iterator[str]:
     )
     yield FULL_QUEUE
     subprocess.run([*ctl, "clear_policy", "-p", vhost, "full"], check=True, capture_output=True, timeout=60)
-    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
-    try:
-        for name in (FULL_QUEUE, f"{FULL_QUEUE}.DQ", f"{FULL_QUEUE}.XQ"):
-            connection.channel().queue_delete(name)
-    finally:
-        connection.close()
+    delete_queues(rabbitmq_url, FULL_QUEUE)
 
 
 def test_a_batch_larger_than_the_confirm_window_arrives_whole_and_in_order(

@@ -15,13 +15,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import dramatiq
-import pika
 import pytest
 from dramatiq.middleware import Retries
 
 from shared.broker import GreenroomBroker
 from shared.consumer import GreenroomConsumer, settlement_frames
-from tests.support import take_all
+from tests.support import delete_queues, take_all
 
 QUEUE = "greenroom-test-acks"
 
@@ -32,12 +31,7 @@ def broker(rabbitmq_url: str) -> Iterator[GreenroomBroker]:
     broker.declare_queue(QUEUE, ensure=True)
     yield broker
     broker.close()
-    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
-    try:
-        for name in (QUEUE, f"{QUEUE}.DQ", f"{QUEUE}.XQ"):
-            connection.channel().queue_delete(name)
-    finally:
-        connection.close()
+    delete_queues(rabbitmq_url, QUEUE)
 
 
 def _enqueue(broker: GreenroomBroker, count: int) -> None:
