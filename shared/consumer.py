@@ -2,8 +2,9 @@
 
 **Acks in batches.** Dramatiq's consumer hands every ack to the connection's
 thread as its own callback: one wake-up of the consumer thread, one
-``basic.ack`` frame and one flush of the socket per message. On a busy worker that is about a third of the
-consumer thread's work (and RabbitMQ's per-message work). This consumer keeps
+``basic.ack`` frame and one flush of the socket per message. On a busy worker
+that is about a third of the consumer thread's work (and RabbitMQ's
+per-message work). This consumer keeps
 finished messages in a list and schedules one callback for all that finish
 before it runs; that callback sends
 
