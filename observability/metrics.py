@@ -192,12 +192,14 @@ class Metrics(Middleware):
         if self._flusher is not None:
             self._flusher.join(timeout=5)
             self._flusher = None
-        self.flush()
-        CAPACITY.set(0)
-        if self.exemplars is not None:
-            self.exemplars.stop()
-        if self.worker_registry is not None:
-            self.worker_registry.remove(os.getpid())
+        try:
+            self.flush()
+            CAPACITY.set(0)
+            if self.exemplars is not None:
+                self.exemplars.stop()
+        finally:  # the health server waits for this process to leave the registry before it exits
+            if self.worker_registry is not None:
+                self.worker_registry.remove(os.getpid())
 
     # Messages ------------------------------------------------------------------------
 
