@@ -38,6 +38,7 @@ from opentelemetry.trace import SpanContext
 from prometheus_client import Counter, Gauge, Histogram
 
 from observability.exemplars import ExemplarStore
+from observability.histogram_tally import HistogramTally
 from observability.worker_registry import READY, STOPPING, WorkerRegistry
 
 logger = logging.getLogger("greenroom.metrics")
@@ -257,21 +258,54 @@ class Metrics(Middleware):
         """Apply every noted figure to the metrics (the flusher thread calls this)."""
         with self._flushing:
             finished: dict[tuple[_Series, str], int] = {}
+            tallies: dict[Histogram, tuple[Histogram, HistogramTally, _Series]] = {}
             while True:
                 try:
                     noted = self._noted.popleft()
                 except IndexError:
                     break
                 if isinstance(noted, _Waited):
-                    self._observe(QUEUE_WAIT, noted.series.wait, WAIT_BUCKETS, noted)
+                    self._tally(tallies, QUEUE_WAIT, noted.series.wait, noted, noted.seconds)
                     continue
                 key = (noted.series, noted.outcome)
                 finished[key] = finished.get(key, 0) + 1
                 if noted.seconds is not None:
-                    self._observe(DURATION, noted.series.duration, DURATION_BUCKETS, noted)
+                    self._tally(tallies, DURATION, noted.series.duration, noted, noted.seconds)
+            for histogram, tally, series in tallies.values():
+                tally.apply()
+                self._keep_exemplars(histogram, tally, series)
             for (series, outcome), count in finished.items():
                 series.outcomes[outcome].inc(count)
             self._show_in_progress()
+
+    def _tally(
+        self,
+        tallies: dict[Histogram, tuple[Histogram, HistogramTally, _Series]],
+        histogram: Histogram,
+        child: Histogram,
+        noted: _Waited | _Finished,
+        seconds: float,
+    ) -> None:
+        entry = tallies.get(child)
+        if entry is None:
+            entry = tallies[child] = (histogram, HistogramTally(child), noted.series)
+        span_context = noted.span_context
+        traced = self.exemplars is not None and span_context is not None and _sampled(span_context)
+        entry[1].add(seconds, span_context if traced else None)
+
+    def _keep_exemplars(self, histogram: Histogram, tally: HistogramTally, series: _Series) -> None:
+        """The latest traced observation of each bucket becomes its exemplar."""
+        if self.exemplars is None:
+            return
+        buckets = tuple(tally.upper_bounds[:-1])
+        for seconds, span_context in tally.exemplars.values():
+            self.exemplars.observe(
+                histogram._name,
+                series.label_pairs,
+                value=seconds,
+                buckets=buckets,
+                trace_id=format(span_context.trace_id, "032x"),
+            )
 
     def _show_in_progress(self) -> None:
         running: dict[_Series, int] = dict.fromkeys(self._in_progress_shown, 0)
@@ -288,21 +322,6 @@ class Metrics(Middleware):
                 self.flush()
             except Exception:  # a full disk must not end metrics for good
                 logger.exception("Could not update the worker's metrics.")
-
-    def _observe(
-        self, histogram: Histogram, child: Histogram, buckets: tuple[float, ...], noted: _Waited | _Finished
-    ) -> None:
-        assert noted.seconds is not None
-        child.observe(noted.seconds)
-        span_context = noted.span_context
-        if self.exemplars is not None and span_context is not None and _sampled(span_context):
-            self.exemplars.observe(
-                histogram._name,
-                noted.series.label_pairs,
-                value=noted.seconds,
-                buckets=buckets,
-                trace_id=format(span_context.trace_id, "032x"),
-            )
 
 
 class _Started(NamedTuple):
