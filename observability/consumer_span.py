@@ -81,6 +81,24 @@ class ConsumerSpan(trace.Span, ReadableSpan):
         self._processor = tracer.span_processor
         self._lock = threading.Lock()
 
+    # What exporters read (the SDK's properties test ``isinstance`` against an abstract
+    # class: about 1 us of every exported span) ------------------------------------------
+
+    @property
+    def dropped_attributes(self) -> int:
+        attributes = self._attributes
+        return attributes.dropped if type(attributes) is BoundedAttributes else 0
+
+    @property
+    def dropped_events(self) -> int:
+        events = self._events
+        return events.dropped if type(events) is BoundedList else 0
+
+    @property
+    def dropped_links(self) -> int:
+        links = self._links
+        return links.dropped if type(links) is BoundedList else 0
+
     # What a task's code may do with its current span -----------------------------------
 
     def get_span_context(self) -> SpanContext:

@@ -43,6 +43,9 @@ _KIND = {
     SpanKind.CONSUMER: 5,
 }
 
+#: Span field 6 (kind), whole.
+_KIND_FIELD = {kind: b"\x30" + bytes((number,)) for kind, number in _KIND.items()}
+
 #: Cached encodings are dropped past this many entries (keys and names are few in practice).
 _CACHE_LIMIT = 4096
 
@@ -51,6 +54,8 @@ _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 _pack_fixed64 = struct.Struct("<Q").pack
 _pack_fixed32 = struct.Struct("<I").pack
 _pack_double = struct.Struct("<d").pack
+#: Span fields 7 and 8 (start and end time) together: tag, fixed64, tag, fixed64.
+_pack_times = struct.Struct("<BQBQ").pack
 
 
 def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
@@ -85,15 +90,14 @@ def _span(span: ReadableSpan) -> bytes:
         parts.append(_string(3, _trace_state(context)))
     if parent is not None:
         parts += (b"\x22\x08", parent.span_id.to_bytes(8, "big"))
-    parts += (
-        _cached_string(_names, 5, span.name),
-        b"\x30",
-        _varint(_KIND[span.kind]),
-    )
-    if start:
-        parts += (b"\x39", _pack_fixed64(start))
-    if end:
-        parts += (b"\x41", _pack_fixed64(end))
+    parts += (_cached_string(_names, 5, span.name), _KIND_FIELD[span.kind])
+    if start and end:
+        parts.append(_pack_times(0x39, start, 0x41, end))
+    else:
+        if start:
+            parts += (b"\x39", _pack_fixed64(start))
+        if end:
+            parts += (b"\x41", _pack_fixed64(end))
     attributes = span.attributes  # each of these properties builds a new view or tuple: read once
     if attributes:
         parts.append(_attributes(9, attributes))
@@ -128,10 +132,11 @@ def _event(event: Event) -> bytes:
 def _link(link: Link) -> bytes:
     context = link.context
     parts = [_ids(context)]
-    if link.attributes:
-        parts.append(_attributes(4, link.attributes))
-    if link.dropped_attributes:
-        parts += (b"\x28", _varint(link.dropped_attributes))
+    attributes = link.attributes
+    if attributes:
+        parts.append(_attributes(4, attributes))
+    if attributes is not None and (dropped := link.dropped_attributes):  # None: nothing to drop
+        parts += (b"\x28", _varint(dropped))
     parts += (b"\x35", _pack_fixed32(_flags(context)))
     return b"".join(parts)
 
