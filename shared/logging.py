@@ -14,6 +14,7 @@ Passwords inside URLs are masked in every line.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
@@ -73,10 +74,14 @@ class _SecretMaskingJsonFormatter(JsonFormatter):
         record.message = record.getMessage()
         line: dict[str, Any] = {"level": record.levelname, "logger": record.name, "message": record.message}
         not_extra = self._not_extra
+        scalars = True
         for key, value in record.__dict__.items():
             if key not in not_extra and not key.startswith("_"):
                 line[key] = value
-        line["timestamp"] = datetime.fromtimestamp(record.created, tz=UTC).isoformat()
+                scalars = scalars and type(value) in _IMMUTABLE_SCALARS
+        line["timestamp"] = _iso_utc(record.created)
+        if scalars and _encode_scalars is not None:
+            return mask_secrets("".join(_encode_scalars(line, 0)))
         return mask_secrets(_ENCODER.encode(line))
 
 
@@ -287,6 +292,50 @@ def build_formatter(fmt: Literal["json", "console"]) -> logging.Formatter:
 
 #: One encoder for every line: json.dumps(cls=...) would build a new one per line.
 _ENCODER = JsonEncoder(ensure_ascii=False)
+
+#: _ENCODER's C encoder, built once, for lines whose values are all immutable scalars.
+#: ``_ENCODER.encode`` builds a new one per line (0.7 us) to track containers for
+#: circular references; a line of scalars has none (None without the C extension).
+_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)  # not in typeshed
+_encode_scalars = (
+    _c_make_encoder(
+        None,  # no circular-reference markers: only ever given dicts of scalars
+        _ENCODER.default,
+        json.encoder.encode_basestring,  # ensure_ascii=False
+        _ENCODER.indent,
+        _ENCODER.key_separator,
+        _ENCODER.item_separator,
+        _ENCODER.sort_keys,
+        _ENCODER.skipkeys,
+        _ENCODER.allow_nan,
+    )
+    if _c_make_encoder is not None
+    else None
+)
+
+#: (whole second, its ISO 8601 date and time) of the latest line: lines of one second share it.
+_current_second: tuple[int, str] = (-1, "")
+
+
+def _iso_utc(created: float) -> str:
+    """``datetime.fromtimestamp(created, UTC).isoformat()``, the date and time of day
+    worked out once per second (1 us less per line).
+
+    >>> _iso_utc(1795000000.25)
+    '2026-11-18T11:06:40.250000+00:00'
+    """
+    global _current_second
+    if not created >= 0:  # before 1970, or NaN: as datetime does it
+        return datetime.fromtimestamp(created, tz=UTC).isoformat()
+    second = int(created)
+    # As datetime: the fraction rounded half to even to microseconds, carrying into the second.
+    micro = round((created - second) * 1e6)
+    if micro >= 1_000_000:
+        second, micro = second + 1, micro - 1_000_000
+    cached = _current_second
+    if cached[0] != second:
+        cached = _current_second = (second, datetime.fromtimestamp(second, tz=UTC).isoformat()[:-6])
+    return f"{cached[1]}.{micro:06d}+00:00" if micro else f"{cached[1]}+00:00"
 
 
 def _serialize(data: dict[str, Any], **_: Any) -> str:

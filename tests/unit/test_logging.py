@@ -6,6 +6,7 @@ import datetime
 import io
 import json
 import logging
+import random
 import sys
 import threading
 import time
@@ -16,6 +17,7 @@ from pythonjsonlogger.json import JsonFormatter
 
 from shared.logging import (
     CurrentStreamHandler,
+    _iso_utc,
     build_formatter,
     configure_logging,
     formats_the_same_later,
@@ -254,8 +256,9 @@ def _record(msg: object, args: tuple[object, ...] = (), **extra: object) -> logg
         ),
         _record("to amqp://app:pw@rabbit:5672/%2F", url="redis://:hunter2@cache:6379/0"),
         _record("%s %s", ("a", "b"), _private="hidden", queue="default"),
+        _record("scalars", nan=float("nan"), inf=float("-inf"), big=2**70, yes=True, none=None, s='q"\\n'),
     ],
-    ids=["task line", "plain", "unicode and odd values", "secrets", "private field"],
+    ids=["task line", "plain", "unicode and odd values", "secrets", "private field", "odd scalars"],
 )
 def test_fast_lines_are_the_librarys_lines(record: logging.LogRecord) -> None:
     formatter = build_formatter("json")
@@ -276,3 +279,13 @@ def test_lines_with_exceptions_stacks_or_dicts_are_the_librarys_own() -> None:
         line = formatter.format(record)
         assert line == mask_secrets(JsonFormatter.format(formatter, record))
         assert {"exc_info", "stack_info", "event"} & set(json.loads(line))
+
+
+def test_timestamps_are_datetimes_isoformat() -> None:
+    rng = random.Random(3)
+    now = 1_795_000_000.0
+    created = [now, now + 0.5, now + 0.9999995, now + 0.0000005, now + 0.0000015, now - 1e-7, 0.0, 12.3456785]
+    created += [now + rng.random() * 86_400 for _ in range(20_000)]
+    created += [float(second) + rng.randrange(1_000_000) / 1e6 for second in range(int(now), int(now) + 50)]
+    for value in created:
+        assert _iso_utc(value) == datetime.datetime.fromtimestamp(value, tz=datetime.UTC).isoformat(), value
