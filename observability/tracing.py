@@ -171,23 +171,21 @@ class Tracing(Middleware):
     # Consumer side --------------------------------------------------------------
 
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
-        producer_context = producer_context_of(message.options.get(TRACE_CONTEXT_OPTION))
-        producer_span = trace.get_current_span(producer_context).get_span_context()
-        links = [Link(producer_span)] if producer_span.is_valid else []
-        parent = otel_context.Context() if self.new_trace_per_task else producer_context
-        queue = q_name(message.queue_name)
-        attributes = _attributes(message, operation="process", routing_key=message.queue_name)
+        producer = _producer_of(message.options.get(TRACE_CONTEXT_OPTION))
+        parent = _NO_CONTEXT if self.new_trace_per_task else producer.context
+        name, attributes = _consumer_span_shape(message.queue_name)
+        attributes[messaging.MESSAGING_MESSAGE_ID] = message.message_id
+        attributes[ACTOR_ATTRIBUTE] = message.actor_name
         attributes[RETRIES_ATTRIBUTE] = int(message.options.get("retries", 0))
-        name = f"process {queue}"
         start_consumer_span = self._consumer_span_starter()
         if start_consumer_span is not None:
-            span = start_consumer_span(name, parent=parent, attributes=attributes, links=links)
+            span = start_consumer_span(name, parent=parent, attributes=attributes, links=producer.links)
         else:
             span = self.tracer.start_span(
-                name, context=parent, kind=SpanKind.CONSUMER, links=links, attributes=attributes
+                name, context=parent, kind=SpanKind.CONSUMER, links=producer.links, attributes=attributes
             )
         # Baggage from the producer stays available inside the task, even with a new trace.
-        token = otel_context.attach(trace.set_span_in_context(span, producer_context))
+        token = otel_context.attach(trace.set_span_in_context(span, producer.context))
         self._processing[threading.get_ident()] = _OpenSpan(message.message_id, span, token)
 
     def _consumer_span_starter(self) -> Callable[..., Span] | None:
@@ -246,29 +244,65 @@ class TraceContextFilter(logging.Filter):
 def producer_context_of(carrier: Mapping[str, str] | None) -> otel_context.Context:
     """The context a message's carrier holds (span and baggage), read by the global propagator.
 
-    Every message of a ``send_many`` batch carries the same headers, so the
-    result is kept for the next message: parsing them costs more than the
-    lookup (``_EXTRACTED_LIMIT`` carriers at most). A Context is never
-    changed in place, so one can serve every task that carries it.
-
     >>> producer_context_of({"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"})
     """
+    return _producer_of(carrier).context
+
+
+@dataclass(frozen=True, slots=True)
+class _Producer:
+    """What a consumer span needs from a message's carrier."""
+
+    context: otel_context.Context
+    #: The link to the producer span (none when the carrier holds no valid span).
+    links: tuple[Link, ...]
+
+
+def _producer_of(carrier: Mapping[str, str] | None) -> _Producer:
+    """The carrier read by the global propagator, with the link to its span.
+
+    Every message of a ``send_many`` batch carries the same headers, so the
+    result is kept for the next message: parsing them costs more than the
+    lookup (``_EXTRACTED_LIMIT`` carriers at most). A Context (and a Link)
+    is never changed in place, so one can serve every task that carries it.
+    """
     if not carrier:
-        return otel_context.Context()
+        return _NO_PRODUCER
     try:
         key = (propagate.get_global_textmap(), tuple(carrier.items()))
-        extracted = _extracted.get(key)
+        producer = _extracted.get(key)
     except TypeError:  # a value that cannot be a key: a malformed carrier, read it as it is
-        return propagate.extract(carrier, context=otel_context.Context())
-    if extracted is None:
+        return _read_producer(carrier)
+    if producer is None:
         if len(_extracted) >= _EXTRACTED_LIMIT:
             _extracted.clear()
-        extracted = _extracted[key] = propagate.extract(carrier, context=otel_context.Context())
-    return extracted
+        producer = _extracted[key] = _read_producer(carrier)
+    return producer
 
 
+def _read_producer(carrier: Mapping[str, str]) -> _Producer:
+    context = propagate.extract(carrier, context=otel_context.Context())
+    span_context = trace.get_current_span(context).get_span_context()
+    return _Producer(context, (Link(span_context),) if span_context.is_valid else ())
+
+
+_NO_CONTEXT = otel_context.Context()
+_NO_PRODUCER = _Producer(_NO_CONTEXT, ())
 _EXTRACTED_LIMIT = 256
-_extracted: dict[tuple[object, tuple[tuple[str, str], ...]], otel_context.Context] = {}
+_extracted: dict[tuple[object, tuple[tuple[str, str], ...]], _Producer] = {}
+
+
+def _consumer_span_shape(queue_name: str) -> tuple[str, dict[str, Any]]:
+    """The name of a consumer span on ``queue_name`` and a fresh copy of the attributes
+    every such span shares."""
+    shape = _consumer_span_shapes.get(queue_name)
+    if shape is None:
+        attributes = _destination_attributes(operation="process", routing_key=queue_name)
+        shape = _consumer_span_shapes[queue_name] = (f"process {q_name(queue_name)}", attributes)
+    return shape[0], dict(shape[1])
+
+
+_consumer_span_shapes: dict[str, tuple[str, dict[str, Any]]] = {}
 
 
 def _parent_for_publish(message: dramatiq.Message[Any]) -> otel_context.Context:
