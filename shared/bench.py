@@ -346,12 +346,18 @@ def format_table(report: dict[str, Any]) -> str:
         ("send_many, confirmed (msg/s)", None, gs["send_many_confirmed"], None),
     ]
     lines = [f"{'':36} {'bare':>12} {'greenroom':>12} {'ratio':>8}"]
-    lines += [f"{name:36} {_cell(x):>12} {_cell(y):>12} {_cell(z, 2):>8}" for name, x, y, z in rows]
+    for name, bare, green, ratio in rows:
+        digits = _DIGITS.get(name, 1)
+        lines.append(f"{name:36} {_cell(bare, digits):>12} {_cell(green, digits):>12} {_cell(ratio, 2):>8}")
     lines.append(
         f"send_many vs Dramatiq send: {r['send_many_vs_dramatiq_confirmed']:.2f}x confirmed, "
         f"{r['send_many_vs_dramatiq_unconfirmed']:.2f}x unconfirmed"
     )
     return "\n".join(lines)
+
+
+#: Decimal places of a row's figures where one is too few.
+_DIGITS = {"worker CPU per task (ms)": 3, "start-up to first task (s)": 2}
 
 
 def write_json(report: dict[str, Any], path: str) -> None:
