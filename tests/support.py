@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -25,11 +26,22 @@ GREENROOM = str(Path(sys.executable).with_name("greenroom"))
 READY_LINE = "Worker process is ready for action."
 
 
+#: Ports handed to servers under test: below Linux's ephemeral range (32768-60999), from which
+#: every outgoing connection takes its local port, so no client socket can take one between
+#: free_port() and the server's bind.
+_SERVER_PORTS = range(20_000, 32_000)
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing uses right now, outside the ephemeral range."""
+    for port in random.sample(_SERVER_PORTS, 200):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port among 200 tried in {_SERVER_PORTS}")
 
 
 def take_all(rabbitmq_url: str, queue: str) -> list[bytes]:
@@ -206,7 +218,11 @@ class Worker(Process):
             f"{self.processes} worker processes to be ready",
         )
         assert self.popen.poll() is None, f"worker exited early:\n{self.output()}"
-        wait_for(lambda: http_status(self.url("/readyz")) == 200, timeout, "/readyz to answer 200")
+        try:
+            wait_for(lambda: http_status(self.url("/readyz")) == 200, timeout, "/readyz to answer 200")
+        except AssertionError as error:  # say what the server answered and what the worker logged
+            answer = http_status(self.url("/readyz"))
+            raise AssertionError(f"{error} (last answer: {answer or 'none'})\n{self.output()}") from None
         return self
 
     def task_events(self) -> list[dict[str, Any]]:
