@@ -36,6 +36,7 @@ from shared.consumer import GreenroomConsumer
 from shared.logging import BatchedWorkerLogs
 from shared.settings import Settings
 from shared.telemetry import Role, tracing_middleware
+from shared.worker_gc import FreezeBootObjects
 from shared.worker_metrics import metrics_middleware
 from shared.worker_signals import CoalesceTermSignals
 
@@ -178,6 +179,7 @@ def build_broker(
             backend=LazyResultBackend(lambda: build_result_backend(settings)),
             result_ttl=settings.RESULT_TTL_SECONDS * 1000,
         ),
+        *([FreezeBootObjects()] if role == "worker" else []),  # last: after every other boot step
     ]
     return GreenroomBroker(
         url=settings.rabbitmq_url,
