@@ -15,9 +15,11 @@ same processes and threads; the task records itself in a file
   measured drain rate;
 - **peak RSS** of the largest worker process.
 
-Start-up, drain, CPU and RSS are measured ``rounds`` times, bare and greenroom
-alternating, and reported as medians (each round's figures are in the JSON):
-on a shared machine one slow spell would otherwise decide a ratio.
+Start-up, drain, CPU, RSS and queue wait are measured ``rounds`` times, bare
+and greenroom alternating, and reported as medians (each round's figures are
+in the JSON): on a shared machine one slow spell would otherwise decide a
+ratio. The queue-wait rounds follow the drain rounds (their load is half the
+median of bare's drains).
 
 greenroom runs with everything on: tracing exported over OTLP/HTTP to a live
 receiver in this process, metrics, JSON task logs.
@@ -102,12 +104,12 @@ class Bench:
                     self._say(f"round {number}/{self.options.rounds}:")
                     for side in rounds:  # alternating, so a slow spell of the machine hits both sides
                         rounds[side].append(self._side(side, producer, receiver))
+                half_load = statistics.median(run.drain_tasks_per_second for run in rounds["bare"]) / 2
+                for number in range(self.options.rounds):
+                    self._say(f"queue wait, round {number + 1}/{self.options.rounds}:")
+                    for side, runs in rounds.items():
+                        runs[number].queue_wait_ms = self._queue_wait(side, producer, receiver, half_load)
                 results = {side: _median(runs) for side, runs in rounds.items()}
-                half_load = results["bare"].drain_tasks_per_second / 2
-                results["bare"].queue_wait_ms = self._queue_wait("bare", producer, receiver, half_load)
-                results["greenroom"].queue_wait_ms = self._queue_wait(
-                    "greenroom", producer, receiver, half_load
-                )
                 results["bare"].send_per_second = self._bare_send_rates()
                 results["greenroom"].send_per_second = self._greenroom_send_rates(producer)
             finally:
@@ -365,11 +367,15 @@ def write_json(report: dict[str, Any], path: str) -> None:
 
 
 def _median(runs: list[SideResult]) -> SideResult:
-    """Each figure's median over the rounds (send rates and queue waits are measured once)."""
+    """Each figure's median over the rounds (send rates are measured once)."""
     return SideResult(
         startup_seconds=statistics.median(run.startup_seconds for run in runs),
         drain_tasks_per_second=statistics.median(run.drain_tasks_per_second for run in runs),
         worker_cpu_ms_per_task=statistics.median(run.worker_cpu_ms_per_task for run in runs),
+        queue_wait_ms={
+            percentile: statistics.median(run.queue_wait_ms[percentile] for run in runs)
+            for percentile in ("p50", "p95", "p99")
+        },
         peak_rss_mib=statistics.median(run.peak_rss_mib for run in runs),
     )
 

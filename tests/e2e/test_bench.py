@@ -40,6 +40,8 @@ def test_bench_runs_both_sides_writes_json_and_leaves_no_queue(
         assert set(figures["queue_wait_ms"]) == {"p50", "p95", "p99"}
         assert figures["queue_wait_ms"]["p99"] >= figures["queue_wait_ms"]["p50"] > 0
     assert [len(report["rounds"][side]) for side in ("bare", "greenroom")] == [2, 2]
+    for run in (*report["rounds"]["bare"], *report["rounds"]["greenroom"]):  # queue wait measured each round
+        assert run["queue_wait_ms"]["p99"] >= run["queue_wait_ms"]["p50"] > 0
     assert set(report["bare"]["send_per_second"]) == {"send_confirmed", "send_unconfirmed"}
     assert set(report["greenroom"]["send_per_second"]) == {"send_confirmed", "send_many_confirmed"}
     assert set(report["ratios"]) >= {
