@@ -34,7 +34,8 @@ CHUNK_SIZE = 256
 MAX_UNCONFIRMED = 2048
 #: How long RabbitMQ may take to confirm what was sent before the batch counts as failed.
 CONFIRM_TIMEOUT_SECONDS = 30.0
-POLL_SECONDS = 0.002
+#: Longest single wait for the connection's events (a settled batch ends it at once).
+MAX_POLL_SECONDS = 1.0
 
 
 class BatchPublisher:
@@ -96,6 +97,7 @@ class _Confirmations:
         self.settled: set[int] = set()  # tags settled one by one above ``highest``
         self.refused: set[int] = set()
         self._selected = False
+        self._awaited: Callable[[], bool] | None = None  # what _wait is waiting for
         channel._impl.confirm_delivery(ack_nack_callback=self._on_settled, callback=self._on_selected)
         self._wait(lambda: self._selected)
 
@@ -104,15 +106,33 @@ class _Confirmations:
         self._wait(lambda: self.highest >= count)
 
     def _wait(self, done: Callable[[], bool]) -> None:
+        """Process the connection's events until ``done()``, for CONFIRM_TIMEOUT_SECONDS at most.
+
+        The confirmation callbacks run inside pika's I/O loop, below the
+        blocking connection, which would keep waiting for its whole time limit
+        after them; so the callback that makes ``done()`` true also schedules
+        an empty timer, the event that ends ``process_data_events`` at once.
+        """
         deadline = time.monotonic() + CONFIRM_TIMEOUT_SECONDS
-        while not done():
-            if time.monotonic() > deadline:
-                raise pika.exceptions.AMQPChannelError("RabbitMQ did not confirm the batch in time")
-            # Confirmations do not end pika's wait early: poll in short slices.
-            self.connection.process_data_events(time_limit=POLL_SECONDS)
+        self._awaited = done
+        try:
+            while not done():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise pika.exceptions.AMQPChannelError("RabbitMQ did not confirm the batch in time")
+                self.connection.process_data_events(time_limit=min(remaining, MAX_POLL_SECONDS))
+        finally:
+            self._awaited = None
+
+    def _wake_if_done(self) -> None:
+        awaited = self._awaited
+        if awaited is not None and awaited():
+            self._awaited = None  # one wake-up per wait
+            self.connection.call_later(0, _nothing)
 
     def _on_selected(self, frame: Any) -> None:
         self._selected = True
+        self._wake_if_done()
 
     def _on_settled(self, frame: Any) -> None:
         method = frame.method
@@ -124,3 +144,8 @@ class _Confirmations:
         while self.highest + 1 in self.settled:
             self.highest += 1
             self.settled.discard(self.highest)
+        self._wake_if_done()
+
+
+def _nothing() -> None:
+    """The wake-up timer's callback: its being due is what ends the wait."""

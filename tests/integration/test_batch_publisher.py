@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -77,3 +78,15 @@ def test_refused_messages_are_kept_and_only_they_are_published_again(
     publisher.publish()
     assert publisher.unconfirmed == []
     assert _drain(rabbitmq_url, full_after_five) == [10, 11]
+
+
+def test_the_wait_ends_when_the_confirms_arrive_not_when_the_poll_times_out(
+    producer: Producer, rabbitmq_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each wait may block this long for events; the confirmations themselves must end it.
+    monkeypatch.setattr(batch_publisher, "MAX_POLL_SECONDS", 20.0)
+    started = time.monotonic()
+    for _ in range(3):
+        BatchPublisher(producer.broker, _messages("default", 10)).publish()
+    assert time.monotonic() - started < 5.0  # without the wake-up: 20 s per wait
+    assert len(_drain(rabbitmq_url, "default")) == 30
