@@ -54,7 +54,7 @@ class BatchPublisher:
                 self.broker.declare_queue(queue, ensure=True)
             channel = self.broker.connection.channel()
             try:
-                confirmed = _Confirmations(channel)
+                confirmed = Confirmations(channel)
                 self._publish_all(channel, confirmed)
             finally:
                 if channel.is_open:
@@ -63,22 +63,11 @@ class BatchPublisher:
             del self.broker.connection  # the next attempt opens a fresh one
             raise ConnectionClosed(error) from None
 
-    def _publish_all(self, channel: Any, confirmed: _Confirmations) -> None:
+    def _publish_all(self, channel: Any, confirmed: Confirmations) -> None:
         messages = self.unconfirmed
         connection = channel.connection
         for start in range(0, len(messages), CHUNK_SIZE):
-            for message in messages[start : start + CHUNK_SIZE]:
-                # Middleware hooks run per message, as for broker.enqueue (tracing, metrics).
-                self.broker.emit_before("enqueue", message, None)
-                channel._impl.basic_publish(
-                    exchange="",
-                    routing_key=message.queue_name,
-                    body=message.encode(),
-                    properties=pika.BasicProperties(
-                        delivery_mode=2, priority=message.options.get("broker_priority")
-                    ),
-                )
-                self.broker.emit_after("enqueue", message, None)
+            write_messages(self.broker, channel, messages[start : start + CHUNK_SIZE])
             published = min(start + CHUNK_SIZE, len(messages))
             connection.process_data_events(time_limit=0)  # write the chunk, read the acks so far
             confirmed.wait_for(published - MAX_UNCONFIRMED)
@@ -88,7 +77,24 @@ class BatchPublisher:
             raise pika.exceptions.AMQPChannelError(f"RabbitMQ refused {len(self.unconfirmed)} messages")
 
 
-class _Confirmations:
+def write_messages(broker: RabbitmqBroker, channel: Any, messages: Sequence[dramatiq.Message[Any]]) -> None:
+    """Hand ``messages`` to pika's buffer for ``channel`` (persistent, as Dramatiq publishes
+    them); the next processing of the connection's events writes them out.
+
+    Middleware hooks run per message, as for ``broker.enqueue`` (tracing, metrics).
+    """
+    for message in messages:
+        broker.emit_before("enqueue", message, None)
+        channel._impl.basic_publish(
+            exchange="",
+            routing_key=message.queue_name,
+            body=message.encode(),
+            properties=pika.BasicProperties(delivery_mode=2, priority=message.options.get("broker_priority")),
+        )
+        broker.emit_after("enqueue", message, None)
+
+
+class Confirmations:
     """Puts a channel in confirm mode and tracks RabbitMQ's acks and nacks by delivery tag."""
 
     def __init__(self, channel: Any) -> None:

@@ -51,6 +51,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from observability.otlp_receiver import OtlpReceiver
+from shared.bench_load import offer_load
 from shared.bench_recorder import BENCH_QUEUE, completed, waits
 from shared.producer import Producer
 from shared.settings import Settings
@@ -159,16 +160,9 @@ class Bench:
         with self._worker(side, receiver):
             producer.send("bench.echo", payload="warm-up")
             self._wait_completed(1)
-            sent = 0
-            began = time.monotonic()
-            while (elapsed := time.monotonic() - began) < LOAD_SECONDS:
-                due = int(elapsed * rate) - sent
-                if due > 0:
-                    producer.send_many(
-                        "bench.echo", [{"payload": self.payload, "sent_at": time.time()}] * due
-                    )
-                    sent += due
-                time.sleep(0.005)
+            sent = offer_load(
+                producer, "bench.echo", rate=rate, seconds=LOAD_SECONDS, kwargs={"payload": self.payload}
+            )
             self._wait_completed(sent + 1)
         measured = sorted(wait * 1000 for wait in waits(self.records))
         if len(measured) < 2:
