@@ -12,7 +12,8 @@ same processes and threads; the task records itself in a file
 - **worker CPU per task**: user+sys of the worker process tree, measured for
   N and N/2 tasks and differenced, which removes start-up cost;
 - **queue wait p50/p95/p99** at a fixed offered load of half bare Dramatiq's
-  measured drain rate;
+  measured drain rate: the messages due each millisecond, stamped when
+  published (:mod:`shared.bench_load`), waited for until their task starts;
 - **peak RSS** of the largest worker process.
 
 Start-up, drain, CPU, RSS and queue wait are measured ``rounds`` times, bare
