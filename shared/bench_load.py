@@ -5,7 +5,7 @@ stamped with the time it is published, on one channel in confirm mode. The
 confirms are read as they arrive and waited for only at the end, so a slow
 confirm (RabbitMQ writes persistent messages to disk first) never holds the
 next messages back. A loop of ``send_many`` calls could not do that: each call
-returns only once its batch is confirmed, 5-20 ms on a loaded two-core
+returns only once its batch is confirmed, 10-25 ms on a loaded two-core
 machine, so the load came in bursts of 40-80 messages whose size followed the
 broker's disk, not the rate.
 
