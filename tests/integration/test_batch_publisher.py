@@ -90,3 +90,29 @@ def test_the_wait_ends_when_the_confirms_arrive_not_when_the_poll_times_out(
         BatchPublisher(producer.broker, _messages("default", 10)).publish()
     assert time.monotonic() - started < 5.0  # without the wake-up: 20 s per wait
     assert len(_drain(rabbitmq_url, "default")) == 30
+
+
+def test_batches_on_a_thread_share_one_confirm_channel_and_each_waits_for_its_own_confirms(
+    producer: Producer, rabbitmq_url: str
+) -> None:
+    BatchPublisher(producer.broker, _messages("default", 3)).publish()
+    _, channel, confirmed = batch_publisher._kept.channel
+
+    second = BatchPublisher(producer.broker, _messages("default", 5))
+    second.publish()
+
+    assert batch_publisher._kept.channel[1] is channel  # no channel opened for the second batch
+    assert second.unconfirmed == []
+    assert confirmed.published == confirmed.highest == 8  # delivery tags went on from the first batch
+    assert _drain(rabbitmq_url, "default") == [0, 1, 2, 0, 1, 2, 3, 4]
+
+
+def test_a_kept_channel_that_was_closed_is_replaced(producer: Producer, rabbitmq_url: str) -> None:
+    BatchPublisher(producer.broker, _messages("default", 2)).publish()
+    _, channel, _ = batch_publisher._kept.channel
+    channel.close()  # as RabbitMQ closes a channel after a channel error
+
+    BatchPublisher(producer.broker, _messages("default", 2)).publish()
+
+    assert batch_publisher._kept.channel[1] is not channel
+    assert _drain(rabbitmq_url, "default") == [0, 1, 0, 1]
