@@ -116,3 +116,23 @@ def test_a_kept_channel_that_was_closed_is_replaced(producer: Producer, rabbitmq
 
     assert batch_publisher._kept.channel[1] is not channel
     assert _drain(rabbitmq_url, "default") == [0, 1, 0, 1]
+
+
+def test_send_many_rides_out_a_rabbitmq_restart_between_two_calls(
+    producer: Producer, rabbitmq_url: str
+) -> None:
+    # Given: a thread that kept its confirm channel from an earlier batch
+    producer.send_many("echo", [{"payload": "before"}])
+
+    # When: RabbitMQ restarts (the kept channel's connection dies) before the next batch
+    subprocess.run(["rabbitmqctl", "-q", "stop_app"], check=True, capture_output=True, timeout=60)
+    try:
+        time.sleep(1)
+    finally:
+        subprocess.run(["rabbitmqctl", "-q", "start_app"], check=True, capture_output=True, timeout=120)
+        subprocess.run(["rabbitmqctl", "-q", "await_startup"], check=True, capture_output=True, timeout=120)
+    handles = producer.send_many("echo", [{"payload": n} for n in range(3)])
+
+    # Then: the batch went out whole on a new channel (durable queue: the earlier message is kept)
+    assert len(handles) == 3
+    assert _drain(rabbitmq_url, "default") == ["before", 0, 1, 2]
