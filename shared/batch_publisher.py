@@ -7,8 +7,8 @@ messages of a chunk together and lets RabbitMQ confirm them as they land
 (``multiple`` acks), keeping at most ``MAX_UNCONFIRMED`` in flight; it returns
 once RabbitMQ has confirmed every message.
 
-Each thread keeps its channel in confirm mode from one batch to the next; it
-is replaced after any failure.
+Each connection (Dramatiq keeps one per thread) keeps its channel in confirm
+mode from one batch to the next; it is replaced after any failure.
 
 If the connection drops, or RabbitMQ refuses (nacks) a message, ``publish``
 raises and keeps the messages that were not confirmed: calling it again sends
@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -57,11 +58,12 @@ class BatchPublisher:
         try:
             for queue in sorted({message.queue_name for message in self.unconfirmed}):
                 self.broker.declare_queue(queue, ensure=True)
-            channel, confirmed = _confirm_channel(self.broker.connection)
+            connection = self.broker.connection
+            channel, confirmed = _confirm_channel(connection)
             try:
                 self._publish_all(channel, confirmed)
             except BaseException:
-                _forget_confirm_channel()  # in an unknown state: the next batch opens a new one
+                _forget_confirm_channel(connection)  # in an unknown state: the next batch opens a new one
                 raise
         except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as error:
             del self.broker.connection  # the next attempt opens a fresh one
@@ -83,29 +85,34 @@ class BatchPublisher:
             raise pika.exceptions.AMQPChannelError(f"RabbitMQ refused {len(self.unconfirmed)} messages")
 
 
-#: Per thread: (connection, channel, its Confirmations), kept open from one batch to the next.
-_kept = threading.local()
+#: Each connection's channel in confirm mode (and its Confirmations), kept open from one
+#: batch to the next; an entry goes with its connection. Dramatiq gives each thread its own
+#: connection, so a channel is only ever used by one thread.
+_kept: weakref.WeakKeyDictionary[Any, tuple[Any, Confirmations]] = weakref.WeakKeyDictionary()
+_kept_lock = threading.Lock()
 
 
 def _confirm_channel(connection: Any) -> tuple[Any, Confirmations]:
-    """This thread's channel in confirm mode on ``connection``: opened for the first batch
-    and kept for the next ones (opening a channel and selecting confirms are two round
-    trips, about a sixth of a small batch's time)."""
-    kept = getattr(_kept, "channel", None)
-    if kept is not None and kept[0] is connection and kept[1].is_open:
-        return kept[1], kept[2]
+    """``connection``'s channel in confirm mode: opened for its first batch and kept for the
+    next ones (opening a channel and selecting confirms are two round trips, about a sixth
+    of a small batch's time)."""
+    with _kept_lock:
+        kept = _kept.get(connection)
+    if kept is not None and kept[0].is_open:
+        return kept
     channel = connection.channel()
     confirmed = Confirmations(channel)
-    _kept.channel = (connection, channel, confirmed)
+    with _kept_lock:
+        _kept[connection] = (channel, confirmed)
     return channel, confirmed
 
 
-def _forget_confirm_channel() -> None:
-    kept = getattr(_kept, "channel", None)
-    _kept.channel = None
-    if kept is not None and kept[1].is_open:
+def _forget_confirm_channel(connection: Any) -> None:
+    with _kept_lock:
+        kept = _kept.pop(connection, None)
+    if kept is not None and kept[0].is_open:
         with contextlib.suppress(Exception):  # the connection may be gone already
-            kept[1].close()
+            kept[0].close()
 
 
 def write_messages(broker: RabbitmqBroker, channel: Any, messages: Sequence[dramatiq.Message[Any]]) -> None:

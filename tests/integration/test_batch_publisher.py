@@ -12,10 +12,12 @@ from urllib.parse import unquote, urlparse
 import dramatiq
 import pytest
 from dramatiq.errors import ConnectionClosed
+from opentelemetry.sdk.trace import TracerProvider
 
 from shared import batch_publisher
 from shared.batch_publisher import BatchPublisher
 from shared.producer import Producer
+from shared.settings import Settings
 from tests.support import delete_queues, take_all
 
 FULL_QUEUE = "greenroom-test-full"
@@ -96,12 +98,12 @@ def test_batches_on_a_thread_share_one_confirm_channel_and_each_waits_for_its_ow
     producer: Producer, rabbitmq_url: str
 ) -> None:
     BatchPublisher(producer.broker, _messages("default", 3)).publish()
-    _, channel, confirmed = batch_publisher._kept.channel
+    channel, confirmed = batch_publisher._kept[producer.broker.connection]
 
     second = BatchPublisher(producer.broker, _messages("default", 5))
     second.publish()
 
-    assert batch_publisher._kept.channel[1] is channel  # no channel opened for the second batch
+    assert batch_publisher._kept[producer.broker.connection][0] is channel  # no channel opened for it
     assert second.unconfirmed == []
     assert confirmed.published == confirmed.highest == 8  # delivery tags went on from the first batch
     assert _drain(rabbitmq_url, "default") == [0, 1, 2, 0, 1, 2, 3, 4]
@@ -109,12 +111,12 @@ def test_batches_on_a_thread_share_one_confirm_channel_and_each_waits_for_its_ow
 
 def test_a_kept_channel_that_was_closed_is_replaced(producer: Producer, rabbitmq_url: str) -> None:
     BatchPublisher(producer.broker, _messages("default", 2)).publish()
-    _, channel, _ = batch_publisher._kept.channel
+    channel, _ = batch_publisher._kept[producer.broker.connection]
     channel.close()  # as RabbitMQ closes a channel after a channel error
 
     BatchPublisher(producer.broker, _messages("default", 2)).publish()
 
-    assert batch_publisher._kept.channel[1] is not channel
+    assert batch_publisher._kept[producer.broker.connection][0] is not channel
     assert _drain(rabbitmq_url, "default") == [0, 1, 0, 1]
 
 
@@ -136,3 +138,19 @@ def test_send_many_rides_out_a_rabbitmq_restart_between_two_calls(
     # Then: the batch went out whole on a new channel (durable queue: the earlier message is kept)
     assert len(handles) == 3
     assert _drain(rabbitmq_url, "default") == ["before", 0, 1, 2]
+
+
+def test_producers_taking_turns_on_a_thread_each_keep_their_own_channel(
+    producer: Producer, settings: Settings, tracer_provider: TracerProvider, rabbitmq_url: str
+) -> None:
+    other = Producer(settings, tracer_provider=tracer_provider)
+    try:
+        for turn in (producer, other, producer, other):
+            BatchPublisher(turn.broker, _messages("default", 1)).publish()
+        kept = [batch_publisher._kept[turn.broker.connection] for turn in (producer, other)]
+    finally:
+        other.close()
+
+    assert kept[0][0] is not kept[1][0]
+    assert [confirmed.published for _, confirmed in kept] == [2, 2]  # each channel served both its batches
+    assert _drain(rabbitmq_url, "default") == [0, 0, 0, 0]
