@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -85,34 +84,37 @@ class BatchPublisher:
             raise pika.exceptions.AMQPChannelError(f"RabbitMQ refused {len(self.unconfirmed)} messages")
 
 
-#: Each connection's channel in confirm mode (and its Confirmations), kept open from one
-#: batch to the next; an entry goes with its connection. Dramatiq gives each thread its own
-#: connection, so a channel is only ever used by one thread.
-_kept: weakref.WeakKeyDictionary[Any, tuple[Any, Confirmations]] = weakref.WeakKeyDictionary()
+#: id(connection) -> (connection, its channel in confirm mode, the channel's Confirmations),
+#: kept open from one batch to the next. Dramatiq gives each thread its own connection, so
+#: a channel is only ever used by one thread. Entries of closed channels are dropped
+#: whenever a channel is opened.
+_kept: dict[int, tuple[Any, Any, Confirmations]] = {}
 _kept_lock = threading.Lock()
 
 
 def _confirm_channel(connection: Any) -> tuple[Any, Confirmations]:
     """``connection``'s channel in confirm mode: opened for its first batch and kept for the
-    next ones (opening a channel and selecting confirms are two round trips, about a sixth
-    of a small batch's time)."""
+    next ones (opening a channel, selecting confirms and closing it again are three round
+    trips, more than half of a one-message batch's time)."""
     with _kept_lock:
-        kept = _kept.get(connection)
-    if kept is not None and kept[0].is_open:
-        return kept
+        kept = _kept.get(id(connection))
+    if kept is not None and kept[1].is_open:
+        return kept[1], kept[2]
     channel = connection.channel()
     confirmed = Confirmations(channel)
     with _kept_lock:
-        _kept[connection] = (channel, confirmed)
+        for key in [key for key, (_, other, _) in _kept.items() if not other.is_open]:
+            del _kept[key]  # its connection closed (a producer closed, a broker outage)
+        _kept[id(connection)] = (connection, channel, confirmed)
     return channel, confirmed
 
 
 def _forget_confirm_channel(connection: Any) -> None:
     with _kept_lock:
-        kept = _kept.pop(connection, None)
-    if kept is not None and kept[0].is_open:
+        kept = _kept.pop(id(connection), None)
+    if kept is not None and kept[1].is_open:
         with contextlib.suppress(Exception):  # the connection may be gone already
-            kept[0].close()
+            kept[1].close()
 
 
 def write_messages(broker: RabbitmqBroker, channel: Any, messages: Sequence[dramatiq.Message[Any]]) -> None:

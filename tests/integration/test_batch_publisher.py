@@ -30,6 +30,12 @@ def _messages(queue: str, count: int) -> list[dramatiq.Message[Any]]:
     ]
 
 
+def _kept_channel(producer: Producer) -> tuple[Any, batch_publisher.Confirmations]:
+    """The confirm channel (and its confirmations) kept for the producer's connection on this thread."""
+    _, channel, confirmed = batch_publisher._kept[id(producer.broker.connection)]
+    return channel, confirmed
+
+
 def _drain(rabbitmq_url: str, queue: str) -> list[int]:
     """Every payload in ``queue``, in order, removing them."""
     return [json.loads(body)["kwargs"]["payload"] for body in take_all(rabbitmq_url, queue)]
@@ -98,12 +104,12 @@ def test_batches_on_a_thread_share_one_confirm_channel_and_each_waits_for_its_ow
     producer: Producer, rabbitmq_url: str
 ) -> None:
     BatchPublisher(producer.broker, _messages("default", 3)).publish()
-    channel, confirmed = batch_publisher._kept[producer.broker.connection]
+    channel, confirmed = _kept_channel(producer)
 
     second = BatchPublisher(producer.broker, _messages("default", 5))
     second.publish()
 
-    assert batch_publisher._kept[producer.broker.connection][0] is channel  # no channel opened for it
+    assert _kept_channel(producer)[0] is channel  # no channel opened for the second batch
     assert second.unconfirmed == []
     assert confirmed.published == confirmed.highest == 8  # delivery tags went on from the first batch
     assert _drain(rabbitmq_url, "default") == [0, 1, 2, 0, 1, 2, 3, 4]
@@ -111,12 +117,12 @@ def test_batches_on_a_thread_share_one_confirm_channel_and_each_waits_for_its_ow
 
 def test_a_kept_channel_that_was_closed_is_replaced(producer: Producer, rabbitmq_url: str) -> None:
     BatchPublisher(producer.broker, _messages("default", 2)).publish()
-    channel, _ = batch_publisher._kept[producer.broker.connection]
+    channel, _ = _kept_channel(producer)
     channel.close()  # as RabbitMQ closes a channel after a channel error
 
     BatchPublisher(producer.broker, _messages("default", 2)).publish()
 
-    assert batch_publisher._kept[producer.broker.connection][0] is not channel
+    assert _kept_channel(producer)[0] is not channel
     assert _drain(rabbitmq_url, "default") == [0, 1, 0, 1]
 
 
@@ -147,10 +153,24 @@ def test_producers_taking_turns_on_a_thread_each_keep_their_own_channel(
     try:
         for turn in (producer, other, producer, other):
             BatchPublisher(turn.broker, _messages("default", 1)).publish()
-        kept = [batch_publisher._kept[turn.broker.connection] for turn in (producer, other)]
+        kept = [_kept_channel(turn) for turn in (producer, other)]
     finally:
         other.close()
 
     assert kept[0][0] is not kept[1][0]
     assert [confirmed.published for _, confirmed in kept] == [2, 2]  # each channel served both its batches
     assert _drain(rabbitmq_url, "default") == [0, 0, 0, 0]
+
+
+def test_the_channel_of_a_closed_producer_is_forgotten(
+    producer: Producer, settings: Settings, tracer_provider: TracerProvider
+) -> None:
+    other = Producer(settings, tracer_provider=tracer_provider)
+    BatchPublisher(other.broker, _messages("default", 1)).publish()
+    connection = other.broker.connection
+    assert id(connection) in batch_publisher._kept
+    other.close()
+
+    BatchPublisher(producer.broker, _messages("default", 1)).publish()  # opens a channel: looks around
+
+    assert id(connection) not in batch_publisher._kept
