@@ -44,6 +44,17 @@ def free_port() -> int:
     raise RuntimeError(f"no free port among 200 tried in {_SERVER_PORTS}")
 
 
+def stop_rabbitmq_for(seconds: float) -> None:
+    """Stop the machine's RabbitMQ application for ``seconds``, then start it again and wait until
+    it is up (also when interrupted): every client connection drops, durable queues survive."""
+    subprocess.run(["rabbitmqctl", "-q", "stop_app"], check=True, capture_output=True, timeout=60)
+    try:
+        time.sleep(seconds)
+    finally:
+        subprocess.run(["rabbitmqctl", "-q", "start_app"], check=True, capture_output=True, timeout=120)
+        subprocess.run(["rabbitmqctl", "-q", "await_startup"], check=True, capture_output=True, timeout=120)
+
+
 def take_all(rabbitmq_url: str, queue: str) -> list[bytes]:
     """Every message body in ``queue``, in order, removing them."""
     connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))

@@ -18,7 +18,7 @@ from shared.errors import TaskFailed
 from shared.producer import Producer, TaskHandle
 from shared.settings import Settings
 from tests.e2e.conftest import StartWorker
-from tests.support import Worker, free_port, wait_for
+from tests.support import Worker, free_port, stop_rabbitmq_for, wait_for
 
 TASKS = 1000
 
@@ -56,12 +56,7 @@ def test_rabbitmq_restart_under_load(start_worker: StartWorker, producer: Produc
     wait_for(lambda: len(handles) >= 200, 30, "200 tasks sent")
 
     # When: RabbitMQ's application stops for 3 seconds in the middle of it
-    subprocess.run(["rabbitmqctl", "-q", "stop_app"], check=True, capture_output=True, timeout=60)
-    try:
-        time.sleep(3)
-    finally:
-        subprocess.run(["rabbitmqctl", "-q", "start_app"], check=True, capture_output=True, timeout=120)
-        subprocess.run(["rabbitmqctl", "-q", "await_startup"], check=True, capture_output=True, timeout=120)
+    stop_rabbitmq_for(3)
     restarted = time.monotonic()
     sender.join(timeout=120)
 

@@ -18,7 +18,7 @@ from shared import batch_publisher
 from shared.batch_publisher import BatchPublisher
 from shared.producer import Producer
 from shared.settings import Settings
-from tests.support import delete_queues, take_all
+from tests.support import delete_queues, stop_rabbitmq_for, take_all
 
 FULL_QUEUE = "greenroom-test-full"
 
@@ -133,12 +133,7 @@ def test_send_many_rides_out_a_rabbitmq_restart_between_two_calls(
     producer.send_many("echo", [{"payload": "before"}])
 
     # When: RabbitMQ restarts (the kept channel's connection dies) before the next batch
-    subprocess.run(["rabbitmqctl", "-q", "stop_app"], check=True, capture_output=True, timeout=60)
-    try:
-        time.sleep(1)
-    finally:
-        subprocess.run(["rabbitmqctl", "-q", "start_app"], check=True, capture_output=True, timeout=120)
-        subprocess.run(["rabbitmqctl", "-q", "await_startup"], check=True, capture_output=True, timeout=120)
+    stop_rabbitmq_for(1)
     handles = producer.send_many("echo", [{"payload": n} for n in range(3)])
 
     # Then: the batch went out whole on a new channel (durable queue: the earlier message is kept)
