@@ -34,6 +34,7 @@ from opentelemetry.trace import TracerProvider
 from observability.task_logging import TaskLogging
 from shared.consumer import GreenroomConsumer
 from shared.logging import BatchedWorkerLogs
+from shared.queue_arguments import dead_letter_arguments
 from shared.settings import Settings
 from shared.telemetry import Role, tracing_middleware
 from shared.worker_gc import FreezeBootObjects
@@ -50,7 +51,8 @@ class GreenroomBroker(RabbitmqBroker):
     Dramatiq reads its retention (7 days) from an environment variable at import
     time; here it is a setting. RabbitMQ refuses to re-declare a queue with other
     arguments: after changing the retention, delete the ``.XQ`` queues (empty
-    them with ``greenroom dlq replay --all`` first) or apply a RabbitMQ policy.
+    them with ``greenroom dlq replay --all`` first) or apply a RabbitMQ policy
+    (:mod:`shared.queue_arguments` says so in one line).
     """
 
     def __init__(self, *, dead_letter_ttl_ms: int, **options: Any) -> None:
@@ -106,7 +108,7 @@ class GreenroomBroker(RabbitmqBroker):
 
     def _declare_xq_queue(self, queue_name: str) -> Any:
         return self.channel.queue_declare(
-            queue=xq_name(queue_name), durable=True, arguments={"x-message-ttl": self.dead_letter_ttl_ms}
+            queue=xq_name(queue_name), durable=True, arguments=dead_letter_arguments(self.dead_letter_ttl_ms)
         )
 
 

@@ -68,6 +68,10 @@ def _check_url(value: SecretStr, schemes: tuple[str, ...]) -> SecretStr:
     return value
 
 
+#: The shortest dead-letter retention the settings accept (a minute).
+MIN_DEAD_LETTER_TTL_SECONDS = 60
+
+
 class Settings(BaseSettings):
     """greenroom's configuration, read from the environment (and ``.env``).
 
@@ -93,7 +97,7 @@ class Settings(BaseSettings):
     BROKER_CONFIRM_DELIVERY: bool = True
     SEND_RETRY_TIMEOUT_SECONDS: float = Field(default=10.0, ge=0, le=600)
     MAX_MESSAGE_BYTES: int = Field(default=1_048_576, ge=1024, le=134_217_728)
-    DEAD_LETTER_TTL_SECONDS: int = Field(default=7 * 86400, ge=60)
+    DEAD_LETTER_TTL_SECONDS: int = Field(default=7 * 86400, ge=MIN_DEAD_LETTER_TTL_SECONDS)
     RESULT_TTL_SECONDS: int = Field(default=3600, gt=0)
     RESULT_STORE_RETRY_SECONDS: float = Field(default=30.0, ge=0, le=600)
 

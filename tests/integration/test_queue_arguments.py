@@ -1,0 +1,113 @@
+"""A dead-letter queue RabbitMQ already holds with another TTL: one clear line, at once.
+
+Real RabbitMQ (the session's test vhost). The bench queue stands in for any
+task queue: only `greenroom bench` uses it, and it deletes it when done.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pika
+import pytest
+
+from shared.bench_recorder import BENCH_QUEUE
+from shared.errors import PublishError
+from shared.producer import Producer
+from shared.queue_arguments import check_dead_letter_queues, explain_refusal
+from shared.settings import Settings, load_settings
+from tests.support import delete_queues, run_cli, take_all
+
+ONE_MINUTE_MS = 60_000
+
+
+@pytest.fixture
+def bench_xq_kept_a_minute(rabbitmq_url: str) -> Iterator[None]:
+    """``greenroom-bench.XQ`` as an earlier DEAD_LETTER_TTL_SECONDS=60 left it."""
+    delete_queues(rabbitmq_url, BENCH_QUEUE)
+    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
+    try:
+        connection.channel().queue_declare(
+            f"{BENCH_QUEUE}.XQ", durable=True, arguments={"x-message-ttl": ONE_MINUTE_MS}
+        )
+    finally:
+        connection.close()
+    yield
+    delete_queues(rabbitmq_url, BENCH_QUEUE)
+
+
+def _exists(rabbitmq_url: str, queue: str) -> bool:
+    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
+    try:
+        connection.channel().queue_declare(queue, passive=True)
+        return True
+    except pika.exceptions.ChannelClosedByBroker:
+        return False
+    finally:
+        connection.close()
+
+
+def test_check_names_the_setting_the_queue_and_both_ttls(
+    settings: Settings, bench_xq_kept_a_minute: None
+) -> None:
+    line = check_dead_letter_queues(settings, ["default", BENCH_QUEUE])
+
+    assert line == (
+        "DEAD_LETTER_TTL_SECONDS=604800 (604800000 ms) does not match the dead-letter queue "
+        "'greenroom-bench.XQ', which RabbitMQ keeps at x-message-ttl 60000 ms and cannot change: "
+        "set DEAD_LETTER_TTL_SECONDS=60 again, or empty that queue "
+        "(greenroom dlq replay --queue greenroom-bench --all, or dlq purge) and delete it"
+    )
+
+
+def test_check_passes_a_matching_queue(rabbitmq_url: str, bench_xq_kept_a_minute: None) -> None:
+    settings = load_settings(_env_file=None, RABBITMQ_URL=rabbitmq_url, DEAD_LETTER_TTL_SECONDS=60)
+
+    assert check_dead_letter_queues(settings, [BENCH_QUEUE]) is None
+
+
+def test_check_creates_no_queue(settings: Settings, rabbitmq_url: str) -> None:
+    assert check_dead_letter_queues(settings, ["no-such-queue"]) is None
+    assert not _exists(rabbitmq_url, "no-such-queue.XQ")
+
+
+def test_check_leaves_an_unreachable_rabbitmq_to_the_worker(redis_url: str) -> None:
+    unreachable = load_settings(
+        _env_file=None, RABBITMQ_URL="amqp://guest:guest@127.0.0.1:1/%2F", REDIS_URL=redis_url
+    )
+    assert check_dead_letter_queues(unreachable, [BENCH_QUEUE]) is None
+
+
+def test_a_ttl_below_the_settings_minimum_is_not_offered_back() -> None:
+    line = explain_refusal(
+        "PRECONDITION_FAILED - inequivalent arg 'x-message-ttl' for queue 'default.XQ' in vhost '/': "
+        "received '604800000' but current is '1000'",
+        604800,
+    )
+    assert "x-message-ttl 1000 ms and cannot change: empty that queue" in line
+
+
+def test_send_fails_at_once_naming_the_setting_and_publishes_nothing(
+    producer: Producer, rabbitmq_url: str, bench_xq_kept_a_minute: None
+) -> None:
+    started = time.monotonic()
+    with pytest.raises(PublishError, match=r"DEAD_LETTER_TTL_SECONDS=604800 \(604800000 ms\) does not match"):
+        producer.send("bench.echo", payload=1)
+    with pytest.raises(PublishError, match=r"'greenroom-bench\.XQ'"):
+        producer.send_many("bench.echo", [{"payload": 1}, {"payload": 2}])
+
+    assert time.monotonic() - started < producer.settings.SEND_RETRY_TIMEOUT_SECONDS / 2  # not retried
+    assert take_all(rabbitmq_url, BENCH_QUEUE) == []
+
+
+def test_worker_refuses_to_start_with_one_line(
+    service_env: dict[str, str], workdir: Path, bench_xq_kept_a_minute: None
+) -> None:
+    completed = run_cli(["worker", "--queues", BENCH_QUEUE], service_env, workdir, timeout=30)
+
+    assert completed.returncode == 2
+    assert completed.stderr.startswith("greenroom: error: DEAD_LETTER_TTL_SECONDS=604800 (604800000 ms)")
+    assert completed.stderr.count("\n") == 1
+    assert completed.stdout == ""  # no worker started, no warnings from pika
