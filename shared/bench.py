@@ -55,6 +55,7 @@ from observability.otlp_receiver import OtlpReceiver
 from shared.bench_load import offer_load
 from shared.bench_recorder import BENCH_QUEUE, completed, waits
 from shared.producer import Producer
+from shared.queue_arguments import dead_letter_arguments
 from shared.settings import Settings
 
 #: Seconds of offered load for the queue-wait measurement.
@@ -63,6 +64,9 @@ LOAD_SECONDS = 3.0
 SINGLE_SENDS = 300
 #: How long one step (start-up, a drain) may take before the bench gives up.
 STEP_TIMEOUT_SECONDS = 120.0
+#: The bench queue's dead-letter retention on both sides: bare Dramatiq's (7 days unless
+#: its ``dramatiq_dead_message_ttl`` variable says otherwise), whatever DEAD_LETTER_TTL_SECONDS is.
+BENCH_DEAD_LETTER_TTL_SECONDS = DEAD_MESSAGE_TTL // 1000
 
 
 @dataclass
@@ -90,7 +94,9 @@ class Bench:
     """One benchmark run against the configured RabbitMQ (and Redis, for greenroom's results)."""
 
     def __init__(self, settings: Settings, options: BenchOptions, progress: TextIO) -> None:
-        self.settings = settings
+        # Both sides' dead-letter queue is the same ``greenroom-bench.XQ``, and RabbitMQ keeps
+        # the TTL it was first declared with: greenroom's side uses bare Dramatiq's.
+        self.settings = settings.model_copy(update={"DEAD_LETTER_TTL_SECONDS": BENCH_DEAD_LETTER_TTL_SECONDS})
         self.options = options
         self.progress = progress
         self.payload = "x" * options.payload_bytes
@@ -99,6 +105,7 @@ class Bench:
 
     def run(self) -> dict[str, Any]:
         rounds: dict[str, list[SideResult]] = {"bare": [], "greenroom": []}
+        self._clean_up()  # queues an interrupted run left behind, with whatever arguments they had
         receiving = OtlpReceiver.start("http/protobuf", keep_spans=False)
         with receiving as receiver, self._producer(receiver) as producer:
             try:
@@ -200,6 +207,7 @@ class Bench:
                 METRICS_PORT=str(_free_port()),
                 METRICS_DIR=str(self.workdir / "metrics"),
                 PROCESS_TYPE="bench",
+                DEAD_LETTER_TTL_SECONDS=str(BENCH_DEAD_LETTER_TTL_SECONDS),
             )
         with open(self.workdir / f"{side}-worker.log", "ab") as log:
             worker = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
@@ -272,9 +280,13 @@ class Bench:
     def _clean_up(self) -> None:
         """Delete the bench queues and the record file: the bench leaves no queue behind."""
         self.records.unlink(missing_ok=True)
-        with _channel(self.settings) as channel:
+        connection = pika.BlockingConnection(pika.URLParameters(self.settings.rabbitmq_url))
+        try:
+            channel = connection.channel()
             for name in _queue_names():
-                channel.queue_delete(name)
+                channel.queue_delete(name)  # a queue that is not there counts as deleted
+        finally:
+            connection.close()
 
     def _say(self, text: str) -> None:
         print(text, file=self.progress, flush=True)
@@ -422,7 +434,7 @@ def _channel(settings: Settings) -> Iterator[Any]:
         channel = connection.channel()
         dead_letters = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": f"{BENCH_QUEUE}.XQ"}
         for name in _queue_names():
-            arguments = {"x-message-ttl": DEAD_MESSAGE_TTL} if name.endswith(".XQ") else dead_letters
+            arguments = dead_letter_arguments(DEAD_MESSAGE_TTL) if name.endswith(".XQ") else dead_letters
             channel.queue_declare(name, durable=True, arguments=arguments)
         yield channel
     finally:

@@ -431,10 +431,16 @@ def _confirm(prompt: str, expected: str) -> bool:
 
 def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     """Run the side-by-side benchmark: progress on stderr, the table on stdout."""
+    import pika.exceptions
+
     from shared.bench import Bench, BenchOptions, format_table, write_json
 
     options = BenchOptions(args.messages, args.processes, args.threads, args.payload_bytes, args.rounds)
-    report = Bench(settings, options, progress=sys.stderr).run()
+    try:
+        report = Bench(settings, options, progress=sys.stderr).run()
+    except (GreenroomError, TimeoutError, pika.exceptions.AMQPError) as error:  # a step failed or hung
+        print(f"greenroom: bench failed: {str(error) or type(error).__name__}", file=sys.stderr)
+        return EXIT_FAILED
     print(format_table(report))
     if args.json:
         write_json(report, args.json)

@@ -15,12 +15,14 @@ def test_bench_runs_both_sides_writes_json_and_leaves_no_queue(
     rabbitmq_url: str, service_env: dict[str, str], workdir: Path, clean_queues: None
 ) -> None:
     report_path = workdir / "bench.json"
+    # A retention other than Dramatiq's: both sides still share the bench's dead-letter queue
+    env = {**service_env, "DEAD_LETTER_TTL_SECONDS": "3600"}
     completed = run_cli(
         [
             *("bench", "--messages", "200", "--processes", "1", "--threads", "2", "--rounds", "2"),
             *("--json", str(report_path)),
         ],
-        service_env,
+        env,
         workdir,
         timeout=300,
     )
