@@ -414,6 +414,9 @@ def run_dlq(args: argparse.Namespace, settings: Settings) -> int:
                     print(f"{queue}.XQ: left as it was")
                     continue
                 print(f"{queue}.XQ: purged {letters.purge(queue)}")
+    except GreenroomError as error:  # nothing is lost: a dead letter goes only once replayed
+        print(f"greenroom: {error}", file=sys.stderr)
+        return EXIT_FAILED
     finally:
         producer.close()
     return EXIT_OK

@@ -27,10 +27,12 @@ import pika
 import pika.exceptions
 import redis
 from dramatiq.common import xq_name
-from dramatiq.errors import DecodeError
+from dramatiq.errors import BrokerConnectionError, DecodeError
 from dramatiq.results import ResultFailure, ResultMissing
 
+from shared.errors import PublishError
 from shared.producer import Producer
+from shared.queue_arguments import explain_refusal, refusal_of
 
 #: How many dead letters one listing or replay reads at most unless told otherwise.
 DEFAULT_LIMIT = 100
@@ -87,10 +89,20 @@ class DeadLetters:
                 if fresh_retries:
                     message.options.pop("retries", None)
                 message.options.pop("traceback", None)
-                self.producer.broker.enqueue(message)  # confirmed before the dead letter goes
+                self._enqueue(message)  # confirmed before the dead letter goes
                 channel.basic_ack(tag)
                 replayed.add(letter.message_id)
         return len(replayed)
+
+    def _enqueue(self, message: dramatiq.Message[Any]) -> None:
+        try:
+            self.producer.broker.enqueue(message)
+        except BrokerConnectionError as error:
+            refusal = refusal_of(error)
+            if refusal is None:
+                raise
+            explanation = explain_refusal(refusal, self.producer.settings.DEAD_LETTER_TTL_SECONDS)
+            raise PublishError(f"could not replay {message.message_id}: {explanation}") from None
 
     def purge(self, queue: str) -> int:
         """Delete every dead letter of ``queue``; return how many."""

@@ -126,12 +126,16 @@ def explain_refusal(reply_text: str, dead_letter_ttl_seconds: int) -> str:
     if found is None or found["argument"] != "x-message-ttl" or not found["queue"].endswith(".XQ"):
         return f"RabbitMQ holds a queue with other arguments than greenroom declares: {reply_text}"
     queue, current = found["queue"], found["current"]
-    restore = ""
-    if current.isdigit() and int(current) % 1000 == 0 and int(current) // 1000 >= MIN_DEAD_LETTER_TTL_SECONDS:
-        restore = f"set DEAD_LETTER_TTL_SECONDS={int(current) // 1000} again, or "
-    return (
+    mismatch = (
         f"DEAD_LETTER_TTL_SECONDS={dead_letter_ttl_seconds} ({dead_letter_ttl_seconds * 1000} ms) does not "
         f"match the dead-letter queue '{queue}', which RabbitMQ keeps at x-message-ttl {current} ms and "
-        f"cannot change: {restore}empty that queue (greenroom dlq replay --queue {q_name(queue)} --all, "
-        f"or dlq purge) and delete it"
+        f"cannot change"
     )
+    purge = f"greenroom dlq purge --queue {q_name(queue)}"
+    if current.isdigit() and int(current) % 1000 == 0 and int(current) // 1000 >= MIN_DEAD_LETTER_TTL_SECONDS:
+        before = f"DEAD_LETTER_TTL_SECONDS={int(current) // 1000}"
+        return (
+            f"{mismatch}: set {before} again; to change it, empty that queue under the old value "
+            f"({before} greenroom dlq replay --queue {q_name(queue)} --all, or {purge}) and delete it"
+        )
+    return f"{mismatch}: empty that queue ({purge}) and delete it"

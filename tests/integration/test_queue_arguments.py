@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import dramatiq
 import pika
 import pytest
 
@@ -57,8 +58,9 @@ def test_check_names_the_setting_the_queue_and_both_ttls(
     assert line == (
         "DEAD_LETTER_TTL_SECONDS=604800 (604800000 ms) does not match the dead-letter queue "
         "'greenroom-bench.XQ', which RabbitMQ keeps at x-message-ttl 60000 ms and cannot change: "
-        "set DEAD_LETTER_TTL_SECONDS=60 again, or empty that queue "
-        "(greenroom dlq replay --queue greenroom-bench --all, or dlq purge) and delete it"
+        "set DEAD_LETTER_TTL_SECONDS=60 again; to change it, empty that queue under the old value "
+        "(DEAD_LETTER_TTL_SECONDS=60 greenroom dlq replay --queue greenroom-bench --all, "
+        "or greenroom dlq purge --queue greenroom-bench) and delete it"
     )
 
 
@@ -86,7 +88,10 @@ def test_a_ttl_below_the_settings_minimum_is_not_offered_back() -> None:
         "received '604800000' but current is '1000'",
         604800,
     )
-    assert "x-message-ttl 1000 ms and cannot change: empty that queue" in line
+    assert line.endswith(
+        "x-message-ttl 1000 ms and cannot change: empty that queue (greenroom dlq purge --queue default) "
+        "and delete it"
+    )
 
 
 def test_send_fails_at_once_naming_the_setting_and_publishes_nothing(
@@ -111,3 +116,26 @@ def test_worker_refuses_to_start_with_one_line(
     assert completed.stderr.startswith("greenroom: error: DEAD_LETTER_TTL_SECONDS=604800 (604800000 ms)")
     assert completed.stderr.count("\n") == 1
     assert completed.stdout == ""  # no worker started, no warnings from pika
+
+
+def test_replay_under_the_new_value_says_why_and_keeps_the_dead_letter(
+    service_env: dict[str, str], workdir: Path, rabbitmq_url: str, bench_xq_kept_a_minute: None
+) -> None:
+    dead = dramatiq.Message(
+        queue_name=BENCH_QUEUE, actor_name="bench.echo", args=(), kwargs={"payload": 1}, options={}
+    )
+    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
+    try:
+        connection.channel().basic_publish("", f"{BENCH_QUEUE}.XQ", dead.encode())
+    finally:
+        connection.close()
+
+    env = {**service_env, "TRACING_ENABLED": "false"}
+    completed = run_cli(["dlq", "replay", "--queue", BENCH_QUEUE, "--all"], env, workdir)
+
+    assert completed.returncode == 1
+    assert completed.stderr.splitlines()[-1].startswith(
+        f"greenroom: could not replay {dead.message_id}: DEAD_LETTER_TTL_SECONDS=604800"
+    )
+    kept = take_all(rabbitmq_url, f"{BENCH_QUEUE}.XQ")
+    assert [dramatiq.Message.decode(body).message_id for body in kept] == [dead.message_id]
