@@ -7,8 +7,8 @@ that setting changes, every declaration of the queue fails with
 PRECONDITION_FAILED. Left alone, a worker would start, call itself ready and
 restart its consumers every 3 seconds for good, and ``send`` would retry for
 SEND_RETRY_TIMEOUT_SECONDS. Instead ``greenroom worker`` checks before it
-starts (exit 2) and ``send`` fails at once, both with one line that names the
-setting and says what to do.
+starts (exit 2), and ``send`` and ``greenroom dlq replay`` fail at once, each
+with one line that names the setting and says what to do.
 
 >>> check_dead_letter_queues(settings, ["default"])
 "DEAD_LETTER_TTL_SECONDS=86400 (86400000 ms) does not match the dead-letter queue 'default.XQ' ..."
