@@ -212,13 +212,14 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    from shared.queue_arguments import check_dead_letter_queues  # imported here: only this command needs it
+    from shared.broker_refusals import check_broker  # imported here: only this command needs it
     from shared.tasks import TASKS
 
-    queues = settings.WORKER_QUEUES or sorted({contract.queue for contract in TASKS.values()})
-    mismatch = check_dead_letter_queues(settings, queues)
-    if mismatch is not None:
-        print(f"greenroom: error: {mismatch}", file=sys.stderr)
+    refused = check_broker(
+        settings, settings.WORKER_QUEUES or sorted({task.queue for task in TASKS.values()})
+    )
+    if refused is not None:
+        print(f"greenroom: error: {refused}", file=sys.stderr)
         return EXIT_USAGE
     prepare_metrics_directory(settings)
 

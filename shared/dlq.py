@@ -30,9 +30,9 @@ from dramatiq.common import xq_name
 from dramatiq.errors import BrokerConnectionError, DecodeError
 from dramatiq.results import ResultFailure, ResultMissing
 
+from shared.broker_refusals import refusal_line
 from shared.errors import PublishError
 from shared.producer import Producer
-from shared.queue_arguments import explain_refusal, refusal_of
 
 #: How many dead letters one listing or replay reads at most unless told otherwise.
 DEFAULT_LIMIT = 100
@@ -98,11 +98,10 @@ class DeadLetters:
         try:
             self.producer.broker.enqueue(message)
         except BrokerConnectionError as error:
-            refusal = refusal_of(error)
-            if refusal is None:
+            refused = refusal_line(error, self.producer.settings)
+            if refused is None:
                 raise
-            explanation = explain_refusal(refusal, self.producer.settings.DEAD_LETTER_TTL_SECONDS)
-            raise PublishError(f"could not replay {message.message_id}: {explanation}") from None
+            raise PublishError(f"could not replay {message.message_id}: {refused}") from None
 
     def purge(self, queue: str) -> int:
         """Delete every dead letter of ``queue``; return how many."""

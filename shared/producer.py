@@ -36,8 +36,8 @@ from opentelemetry.trace import TracerProvider
 from observability.tracing import Tracing
 from shared.batch_publisher import BatchPublisher
 from shared.broker import build_broker, build_result_backend
+from shared.broker_refusals import refusal_line
 from shared.errors import GreenroomError, InvalidTaskArguments, PublishError, ResultTimeout, TaskFailed
-from shared.queue_arguments import explain_refusal, refusal_of
 from shared.results import RedisResultBackend
 from shared.settings import Settings, get_settings
 from shared.tasks import TaskContract, get_task
@@ -180,9 +180,9 @@ class Producer:
         RabbitMQ needs seconds, so this retries with exponential backoff until
         the deadline, then raises PublishError. A publish whose confirmation
         was lost may be retried after RabbitMQ did store it: the message then
-        arrives twice, with the same message id (at-least-once). A queue that
-        RabbitMQ holds with other arguments (DEAD_LETTER_TTL_SECONDS changed) is
-        no outage: PublishError at once, saying so.
+        arrives twice, with the same message id (at-least-once). RabbitMQ refusing
+        the settings (a login, a vhost, a dead-letter queue's TTL) is no outage:
+        PublishError at once, naming the setting.
         """
         self._with_retries(f"message {message.message_id}", lambda: self.broker.enqueue(message))
 
@@ -195,10 +195,9 @@ class Producer:
                 return
             except BrokerConnectionError as error:
                 self._abandon_span(error)
-                refusal = refusal_of(error)
-                if refusal is not None:  # RabbitMQ's queue contradicts the settings: retrying cannot help
-                    explanation = explain_refusal(refusal, self.settings.DEAD_LETTER_TTL_SECONDS)
-                    raise PublishError(f"could not publish {what}: {explanation}") from None
+                refused = refusal_line(error, self.settings)
+                if refused is not None:  # RabbitMQ refuses the settings: retrying cannot help
+                    raise PublishError(f"could not publish {what}: {refused}") from None
                 if time.monotonic() + delay > deadline:
                     raise PublishError(
                         f"could not publish {what} within "

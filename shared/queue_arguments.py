@@ -1,35 +1,28 @@
-"""The arguments of greenroom's dead-letter queues, and one clear line when RabbitMQ
-already holds such a queue with others.
+"""The arguments of greenroom's dead-letter queues, and what to say when RabbitMQ
+already holds one with another TTL.
 
 Every ``<queue>.XQ`` keeps dead letters DEAD_LETTER_TTL_SECONDS (its
 ``x-message-ttl``). RabbitMQ never changes an existing queue's arguments: once
 that setting changes, every declaration of the queue fails with
-PRECONDITION_FAILED. Left alone, a worker would start, call itself ready and
-restart its consumers every 3 seconds for good, and ``send`` would retry for
-SEND_RETRY_TIMEOUT_SECONDS. Instead ``greenroom worker`` checks before it
-starts (exit 2), and ``send`` and ``greenroom dlq replay`` fail at once, each
-with one line that names the setting and says what to do.
+PRECONDITION_FAILED until the queue is emptied and deleted.
+:mod:`shared.broker_refusals` turns that into one line (worker start, ``send``,
+``greenroom dlq replay``).
 
->>> check_dead_letter_queues(settings, ["default"])
+>>> dead_letter_mismatch(connection, ["default"], ttl_seconds=86400)
 "DEAD_LETTER_TTL_SECONDS=86400 (86400000 ms) does not match the dead-letter queue 'default.XQ' ..."
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import pika
 import pika.exceptions
 from dramatiq.common import q_name, xq_name
 
-from shared.settings import MIN_DEAD_LETTER_TTL_SECONDS, Settings
-
-#: Seconds the check may wait for RabbitMQ before leaving the question to the worker.
-CHECK_TIMEOUT_SECONDS = 5.0
+from shared.settings import MIN_DEAD_LETTER_TTL_SECONDS
 
 #: RabbitMQ's reply code for a declaration that contradicts the existing queue.
 PRECONDITION_FAILED = 406
@@ -48,32 +41,10 @@ def dead_letter_arguments(ttl_ms: int) -> dict[str, Any]:
     return {"x-message-ttl": ttl_ms}
 
 
-def check_dead_letter_queues(settings: Settings, queues: Iterable[str]) -> str | None:
-    """None when each queue's ``.XQ`` is absent or keeps DEAD_LETTER_TTL_SECONDS; else the
-    line that says which one differs and what to do. Creates nothing.
-
-    An unreachable RabbitMQ is not this check's business: None (the worker then
-    waits for it and reconnects, as it does for any outage).
-    """
-    parameters = pika.URLParameters(settings.rabbitmq_url)
-    parameters.socket_timeout = CHECK_TIMEOUT_SECONDS
-    parameters.blocked_connection_timeout = CHECK_TIMEOUT_SECONDS
-    parameters.connection_attempts = 1
-    try:
-        connection = pika.BlockingConnection(parameters)
-    except pika.exceptions.AMQPError:
-        return None
-    try:
-        with _quiet_channels():
-            return _first_mismatch(connection, queues, settings.DEAD_LETTER_TTL_SECONDS)
-    except pika.exceptions.AMQPConnectionError:
-        return None
-    finally:
-        with contextlib.suppress(pika.exceptions.AMQPError):
-            connection.close()
-
-
-def _first_mismatch(connection: Any, queues: Iterable[str], ttl_seconds: int) -> str | None:
+def dead_letter_mismatch(connection: Any, queues: Iterable[str], ttl_seconds: int) -> str | None:
+    """The line for the first of ``queues`` whose ``.XQ`` RabbitMQ keeps with another TTL
+    than ``ttl_seconds``, else None. Creates nothing: a missing ``.XQ`` is declared later,
+    with the right TTL."""
     arguments = dead_letter_arguments(ttl_seconds * 1000)
     for name in dict.fromkeys(xq_name(queue) for queue in queues):
         try:
@@ -86,32 +57,6 @@ def _first_mismatch(connection: Any, queues: Iterable[str], ttl_seconds: int) ->
             if error.reply_code == PRECONDITION_FAILED:
                 return explain_refusal(error.reply_text, ttl_seconds)
             raise
-    return None
-
-
-@contextlib.contextmanager
-def _quiet_channels() -> Iterator[None]:
-    """pika logs every channel the broker closes (a passive declaration of a queue that
-    does not exist yet) as a WARNING; during the check those are answers, not news."""
-    channel_logger = logging.getLogger("pika.channel")
-    level = channel_logger.level
-    channel_logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        channel_logger.setLevel(level)
-
-
-def refusal_of(error: BaseException) -> str | None:
-    """RabbitMQ's reply when ``error`` (or the pika error Dramatiq wrapped in it) is a
-    refused re-declaration of an existing queue, else None."""
-    cause = getattr(error, "message", error)  # Dramatiq's ConnectionClosed keeps pika's error there
-    if (
-        isinstance(cause, pika.exceptions.ChannelClosedByBroker)
-        and cause.reply_code == PRECONDITION_FAILED
-        and "inequivalent arg" in cause.reply_text
-    ):
-        return str(cause.reply_text)
     return None
 
 

@@ -1,4 +1,5 @@
-"""A dead-letter queue RabbitMQ already holds with another TTL: one clear line, at once.
+"""RabbitMQ refusing the settings (a login, a vhost, a dead-letter queue's TTL): one
+clear line, at once, from the worker's start, `send` and `dlq replay`.
 
 Real RabbitMQ (the session's test vhost). The bench queue stands in for any
 task queue: only `greenroom bench` uses it, and it deletes it when done.
@@ -15,9 +16,10 @@ import pika
 import pytest
 
 from shared.bench_recorder import BENCH_QUEUE
+from shared.broker_refusals import check_broker
 from shared.errors import PublishError
 from shared.producer import Producer
-from shared.queue_arguments import check_dead_letter_queues, explain_refusal
+from shared.queue_arguments import explain_refusal
 from shared.settings import Settings, load_settings
 from tests.support import delete_queues, run_cli, take_all
 
@@ -53,7 +55,7 @@ def _exists(rabbitmq_url: str, queue: str) -> bool:
 def test_check_names_the_setting_the_queue_and_both_ttls(
     settings: Settings, bench_xq_kept_a_minute: None
 ) -> None:
-    line = check_dead_letter_queues(settings, ["default", BENCH_QUEUE])
+    line = check_broker(settings, ["default", BENCH_QUEUE])
 
     assert line == (
         "DEAD_LETTER_TTL_SECONDS=604800 (604800000 ms) does not match the dead-letter queue "
@@ -67,19 +69,22 @@ def test_check_names_the_setting_the_queue_and_both_ttls(
 def test_check_passes_a_matching_queue(rabbitmq_url: str, bench_xq_kept_a_minute: None) -> None:
     settings = load_settings(_env_file=None, RABBITMQ_URL=rabbitmq_url, DEAD_LETTER_TTL_SECONDS=60)
 
-    assert check_dead_letter_queues(settings, [BENCH_QUEUE]) is None
+    assert check_broker(settings, [BENCH_QUEUE]) is None
 
 
 def test_check_creates_no_queue(settings: Settings, rabbitmq_url: str) -> None:
-    assert check_dead_letter_queues(settings, ["no-such-queue"]) is None
+    assert check_broker(settings, ["no-such-queue"]) is None
     assert not _exists(rabbitmq_url, "no-such-queue.XQ")
 
 
-def test_check_leaves_an_unreachable_rabbitmq_to_the_worker(redis_url: str) -> None:
+def test_check_leaves_an_unreachable_rabbitmq_to_the_worker_and_logs_nothing(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     unreachable = load_settings(
         _env_file=None, RABBITMQ_URL="amqp://guest:guest@127.0.0.1:1/%2F", REDIS_URL=redis_url
     )
-    assert check_dead_letter_queues(unreachable, [BENCH_QUEUE]) is None
+    assert check_broker(unreachable, [BENCH_QUEUE]) is None
+    assert caplog.records == []
 
 
 def test_a_ttl_below_the_settings_minimum_is_not_offered_back() -> None:
@@ -139,3 +144,43 @@ def test_replay_under_the_new_value_says_why_and_keeps_the_dead_letter(
     )
     kept = take_all(rabbitmq_url, f"{BENCH_QUEUE}.XQ")
     assert [dramatiq.Message.decode(body).message_id for body in kept] == [dead.message_id]
+
+
+def _with_url(service_env: dict[str, str], rabbitmq_url: str, **parts: str) -> dict[str, str]:
+    """``service_env`` with the test RabbitMQ's URL changed in ``parts`` (password, vhost)."""
+    url = rabbitmq_url.replace("guest:guest@", f"guest:{parts.get('password', 'guest')}@")
+    if "vhost" in parts:
+        url = url.rsplit("/", 1)[0] + "/" + parts["vhost"]
+    return {**service_env, "RABBITMQ_URL": url, "TRACING_ENABLED": "false"}
+
+
+@pytest.mark.parametrize(
+    ("parts", "refused"),
+    [
+        ({"password": "wrong-secret"}, "RabbitMQ refused the login: check the user name and password"),
+        ({"vhost": "no-such-vhost"}, "RabbitMQ refused the vhost: it does not exist or this user has no"),
+    ],
+)
+def test_worker_and_send_refused_by_rabbitmq_say_so_at_once_without_the_password(
+    service_env: dict[str, str], workdir: Path, rabbitmq_url: str, parts: dict[str, str], refused: str
+) -> None:
+    env = _with_url(service_env, rabbitmq_url, **parts)
+    host = rabbitmq_url.split("@", 1)[1].split("/", 1)[0]
+
+    worker = run_cli(["worker", "--queues", "default"], env, workdir, timeout=30)
+    started = time.monotonic()
+    send = run_cli(["send", "echo", "--kwargs", '{"payload": 1}'], env, workdir, timeout=30)
+    send_seconds = time.monotonic() - started
+
+    assert worker.returncode == 2
+    assert (
+        worker.stderr == f"greenroom: error: RABBITMQ_URL (amqp://guest:***@{host}/"[:40] + worker.stderr[40:]
+    )
+    assert refused in worker.stderr
+    assert worker.stderr.count("\n") == 1
+    assert worker.stdout == ""
+    assert send.returncode == 1
+    assert send.stderr.splitlines()[-1].startswith("greenroom: could not publish message ")
+    assert refused in send.stderr.splitlines()[-1]
+    assert send_seconds < 5  # not retried for SEND_RETRY_TIMEOUT_SECONDS (10 s)
+    assert "wrong-secret" not in worker.stderr + worker.stdout + send.stderr + send.stdout

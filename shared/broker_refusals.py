@@ -1,0 +1,88 @@
+"""RabbitMQ refusing greenroom's settings, told apart from RabbitMQ being away.
+
+An outage (connection refused, reset, timed out) passes: workers reconnect,
+``send`` retries. A refusal does not pass by waiting: a login RabbitMQ rejects,
+a vhost the user may not open (both RABBITMQ_URL), a dead-letter queue kept
+with another TTL (DEAD_LETTER_TTL_SECONDS). Left to the retry loops, a worker
+would start, call itself ready and restart its consumers every 3 seconds for
+good, and ``send`` would retry for SEND_RETRY_TIMEOUT_SECONDS. Instead
+``greenroom worker`` checks before it starts (exit 2), and ``send`` and
+``greenroom dlq replay`` fail at once, each with one line that names the
+setting and says what to do.
+
+>>> check_broker(settings, ["default"])          # None, or the line to print
+"RABBITMQ_URL (amqp://app:***@rabbit:5672/prod): RabbitMQ refused the login ..."
+>>> refusal_line(error, settings)                # for an error from a publish
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterable, Iterator
+
+import pika
+import pika.exceptions
+
+from shared.queue_arguments import PRECONDITION_FAILED, dead_letter_mismatch, explain_refusal
+from shared.settings import Settings, redact_url
+
+#: Seconds the check waits for RabbitMQ before leaving the question to the worker.
+CHECK_TIMEOUT_SECONDS = 5.0
+
+
+def check_broker(settings: Settings, queues: Iterable[str]) -> str | None:
+    """None when RabbitMQ accepts the login, the vhost and the dead-letter queues of
+    ``queues`` as the settings describe them, or cannot be reached at all (an outage:
+    the worker connects once it can); else the line to print. Creates nothing.
+    """
+    parameters = pika.URLParameters(settings.rabbitmq_url)
+    parameters.socket_timeout = CHECK_TIMEOUT_SECONDS
+    parameters.blocked_connection_timeout = CHECK_TIMEOUT_SECONDS
+    parameters.connection_attempts = 1
+    with _quiet_pika():
+        try:
+            connection = pika.BlockingConnection(parameters)
+        except pika.exceptions.AMQPError as error:
+            return refusal_line(error, settings)
+        try:
+            return dead_letter_mismatch(connection, queues, settings.DEAD_LETTER_TTL_SECONDS)
+        except pika.exceptions.AMQPConnectionError:
+            return None
+        finally:
+            with contextlib.suppress(pika.exceptions.AMQPError):
+                connection.close()
+
+
+def refusal_line(error: BaseException, settings: Settings) -> str | None:
+    """The line for ``error`` (pika's, or the one Dramatiq wrapped it in) when it is
+    RabbitMQ refusing the settings; None for anything else, an outage included."""
+    cause = getattr(error, "message", error)  # Dramatiq's ConnectionClosed keeps pika's error there
+    where = f"RABBITMQ_URL ({redact_url(settings.rabbitmq_url)})"
+    # pika's "probable" errors are guesses from the stage a connection ended at; only
+    # RabbitMQ's own answer (403 ACCESS_REFUSED, 530 NOT_ALLOWED) makes them refusals.
+    if isinstance(cause, pika.exceptions.ProbableAuthenticationError) and "ACCESS_REFUSED" in str(cause):
+        return f"{where}: RabbitMQ refused the login: check the user name and password"
+    if isinstance(cause, pika.exceptions.ProbableAccessDeniedError) and "NOT_ALLOWED" in str(cause):
+        return f"{where}: RabbitMQ refused the vhost: it does not exist or this user has no permission on it"
+    if (
+        isinstance(cause, pika.exceptions.ChannelClosedByBroker)
+        and cause.reply_code == PRECONDITION_FAILED
+        and "inequivalent arg" in cause.reply_text
+    ):
+        return explain_refusal(cause.reply_text, settings.DEAD_LETTER_TTL_SECONDS)
+    return None
+
+
+@contextlib.contextmanager
+def _quiet_pika() -> Iterator[None]:
+    """pika logs each step of a failed connection at ERROR, and each channel the broker
+    closes (a passive declaration of a queue not there yet) as a WARNING; during the
+    check those are answers, not news."""
+    pika_logger = logging.getLogger("pika")
+    level = pika_logger.level
+    pika_logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        pika_logger.setLevel(level)
