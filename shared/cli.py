@@ -212,12 +212,12 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    from shared.broker_refusals import check_broker  # imported here: only this command needs it
+    from shared.service_refusals import check_services  # imported here: only this command needs it
     from shared.tasks import TASKS
 
-    refused = check_broker(
-        settings, settings.WORKER_QUEUES or sorted({task.queue for task in TASKS.values()})
-    )
+    queues = settings.WORKER_QUEUES or sorted({task.queue for task in TASKS.values()})
+    stores_results = any(task.store_results for task in TASKS.values() if task.queue in queues)
+    refused = check_services(settings, queues, stores_results=stores_results)
     if refused is not None:
         print(f"greenroom: error: {refused}", file=sys.stderr)
         return EXIT_USAGE

@@ -30,9 +30,9 @@ from dramatiq.common import xq_name
 from dramatiq.errors import BrokerConnectionError, DecodeError
 from dramatiq.results import ResultFailure, ResultMissing
 
-from shared.broker_refusals import refusal_line
 from shared.errors import PublishError
 from shared.producer import Producer
+from shared.service_refusals import refusal_line
 
 #: How many dead letters one listing or replay reads at most unless told otherwise.
 DEFAULT_LIMIT = 100

@@ -53,5 +53,14 @@ class ResultTimeout(GreenroomError, TimeoutError):
         self.timeout = timeout
 
 
+class ResultUnavailable(GreenroomError, ConnectionError):
+    """Redis could not be read for a task's result (unreachable, or refusing REDIS_URL)."""
+
+    def __init__(self, task: str, message_id: str, reason: str) -> None:
+        super().__init__(f"could not read the result of task {task!r} (message {message_id}): {reason}")
+        self.task = task
+        self.message_id = message_id
+
+
 class PublishError(GreenroomError, ConnectionError):
     """RabbitMQ did not confirm the message; it may not have been published."""

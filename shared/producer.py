@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
+import redis
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.errors import BrokerConnectionError
 from dramatiq.results import ResultFailure
@@ -36,10 +37,17 @@ from opentelemetry.trace import TracerProvider
 from observability.tracing import Tracing
 from shared.batch_publisher import BatchPublisher
 from shared.broker import build_broker, build_result_backend
-from shared.broker_refusals import refusal_line
-from shared.errors import GreenroomError, InvalidTaskArguments, PublishError, ResultTimeout, TaskFailed
+from shared.errors import (
+    GreenroomError,
+    InvalidTaskArguments,
+    PublishError,
+    ResultTimeout,
+    ResultUnavailable,
+    TaskFailed,
+)
 from shared.results import RedisResultBackend
-from shared.settings import Settings, get_settings
+from shared.service_refusals import refusal_line
+from shared.settings import Settings, get_settings, redact_url
 from shared.tasks import TaskContract, get_task
 from shared.telemetry import ensure_producer_tracing
 
@@ -65,7 +73,7 @@ class TaskHandle:
         """Wait up to ``timeout`` seconds for the task's return value.
 
         Raises TaskFailed if the task finally failed, ResultTimeout if nothing
-        arrived in time.
+        arrived in time, ResultUnavailable if Redis could not be read.
 
         >>> send("echo", payload="hi").result(timeout=0.5)
         'hi'
@@ -148,6 +156,11 @@ class Producer:
             return self.backend.get_result(key_message, block=True, timeout=int(timeout * 1000))
         except DramatiqResultTimeout:
             raise ResultTimeout(contract.name, message_id, timeout) from None
+        except redis.AuthenticationError:
+            reason = f"REDIS_URL ({redact_url(self.settings.redis_url)}): Redis refused the login"
+            raise ResultUnavailable(contract.name, message_id, reason) from None
+        except redis.RedisError as error:  # its messages name the host, never a password
+            raise ResultUnavailable(contract.name, message_id, f"{type(error).__name__}: {error}") from None
         except ResultFailure as failure:
             raise TaskFailed(contract.name, message_id, failure.orig_exc_type, failure.orig_exc_msg) from None
 

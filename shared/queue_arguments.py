@@ -5,7 +5,7 @@ Every ``<queue>.XQ`` keeps dead letters DEAD_LETTER_TTL_SECONDS (its
 ``x-message-ttl``). RabbitMQ never changes an existing queue's arguments: once
 that setting changes, every declaration of the queue fails with
 PRECONDITION_FAILED until the queue is emptied and deleted.
-:mod:`shared.broker_refusals` turns that into one line (worker start, ``send``,
+:mod:`shared.service_refusals` turns that into one line (worker start, ``send``,
 ``greenroom dlq replay``).
 
 >>> dead_letter_mismatch(connection, ["default"], ttl_seconds=86400)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from pathlib import Path
 
 import dramatiq
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
 
-from shared.errors import InvalidTaskArguments, ResultTimeout, TaskFailed, UnknownTask
+from shared.errors import InvalidTaskArguments, ResultTimeout, ResultUnavailable, TaskFailed, UnknownTask
 from shared.producer import Producer
+from shared.settings import load_settings
 from tests.support import run_cli
 
 
@@ -125,3 +128,31 @@ def test_demo_producer_sends_a_steady_mix_and_stops_by_itself(
     queued = sum(_ready(producer, queue) for queue in ("default", "reports"))
     assert 30 <= queued <= 70
     assert _ready(producer, "default") > _ready(producer, "reports")  # echo dominates the mix
+
+
+@pytest.mark.parametrize(
+    ("redis_host_part", "reason"),
+    [
+        ("bob:wrong-secret@{host}", "REDIS_URL (redis://bob:***@{host}/14): Redis refused the login"),
+        ("127.0.0.1:1", "ConnectionError: Error 111 connecting to 127.0.0.1:1"),
+    ],
+)
+def test_a_result_redis_cannot_give_raises_result_unavailable(
+    rabbitmq_url: str,
+    redis_url: str,
+    clean_queues: None,
+    tracer_provider: TracerProvider,
+    redis_host_part: str,
+    reason: str,
+) -> None:
+    host = redis_url.removeprefix("redis://").split("/", 1)[0]
+    url = f"redis://{redis_host_part.format(host=host)}/14"
+    settings = load_settings(_env_file=None, RABBITMQ_URL=rabbitmq_url, REDIS_URL=url)
+    producer = Producer(settings, tracer_provider=tracer_provider)
+    try:
+        handle = producer.send("echo", payload=1)  # RabbitMQ takes it; only the result is out of reach
+        with pytest.raises(ResultUnavailable, match=re.escape(reason.format(host=host))) as raised:
+            handle.result(timeout=1)
+    finally:
+        producer.close()
+    assert "wrong-secret" not in str(raised.value)

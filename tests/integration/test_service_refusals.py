@@ -16,10 +16,10 @@ import pika
 import pytest
 
 from shared.bench_recorder import BENCH_QUEUE
-from shared.broker_refusals import check_broker
 from shared.errors import PublishError
 from shared.producer import Producer
 from shared.queue_arguments import explain_refusal
+from shared.service_refusals import check_services
 from shared.settings import Settings, load_settings
 from tests.support import delete_queues, run_cli, take_all
 
@@ -55,7 +55,7 @@ def _exists(rabbitmq_url: str, queue: str) -> bool:
 def test_check_names_the_setting_the_queue_and_both_ttls(
     settings: Settings, bench_xq_kept_a_minute: None
 ) -> None:
-    line = check_broker(settings, ["default", BENCH_QUEUE])
+    line = check_services(settings, ["default", BENCH_QUEUE], stores_results=False)
 
     assert line == (
         "DEAD_LETTER_TTL_SECONDS=604800 (604800000 ms) does not match the dead-letter queue "
@@ -69,21 +69,21 @@ def test_check_names_the_setting_the_queue_and_both_ttls(
 def test_check_passes_a_matching_queue(rabbitmq_url: str, bench_xq_kept_a_minute: None) -> None:
     settings = load_settings(_env_file=None, RABBITMQ_URL=rabbitmq_url, DEAD_LETTER_TTL_SECONDS=60)
 
-    assert check_broker(settings, [BENCH_QUEUE]) is None
+    assert check_services(settings, [BENCH_QUEUE], stores_results=False) is None
 
 
 def test_check_creates_no_queue(settings: Settings, rabbitmq_url: str) -> None:
-    assert check_broker(settings, ["no-such-queue"]) is None
+    assert check_services(settings, ["no-such-queue"], stores_results=False) is None
     assert not _exists(rabbitmq_url, "no-such-queue.XQ")
 
 
-def test_check_leaves_an_unreachable_rabbitmq_to_the_worker_and_logs_nothing(
-    redis_url: str, caplog: pytest.LogCaptureFixture
+def test_check_leaves_unreachable_services_to_the_worker_and_logs_nothing(
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     unreachable = load_settings(
-        _env_file=None, RABBITMQ_URL="amqp://guest:guest@127.0.0.1:1/%2F", REDIS_URL=redis_url
+        _env_file=None, RABBITMQ_URL="amqp://guest:guest@127.0.0.1:1/%2F", REDIS_URL="redis://127.0.0.1:1/0"
     )
-    assert check_broker(unreachable, [BENCH_QUEUE]) is None
+    assert check_services(unreachable, [BENCH_QUEUE], stores_results=True) is None
     assert caplog.records == []
 
 
@@ -184,3 +184,35 @@ def test_worker_and_send_refused_by_rabbitmq_say_so_at_once_without_the_password
     assert refused in send.stderr.splitlines()[-1]
     assert send_seconds < 5  # not retried for SEND_RETRY_TIMEOUT_SECONDS (10 s)
     assert "wrong-secret" not in worker.stderr + worker.stdout + send.stderr + send.stdout
+
+
+def test_check_names_redis_refusals_when_the_worker_stores_results(rabbitmq_url: str, redis_url: str) -> None:
+    def settings_with(url: str) -> Settings:
+        return load_settings(_env_file=None, RABBITMQ_URL=rabbitmq_url, REDIS_URL=url)
+
+    host = redis_url.removeprefix("redis://").split("/", 1)[0]
+    wrong_login = settings_with(f"redis://bob:wrong-secret@{host}/0")
+    no_such_database = settings_with(f"redis://{host}/99")
+
+    assert check_services(wrong_login, ["default"], stores_results=True) == (
+        f"REDIS_URL (redis://bob:***@{host}/0): Redis refused the login: check the user name and password"
+    )
+    assert check_services(no_such_database, ["default"], stores_results=True) == (
+        f"REDIS_URL (redis://{host}/99): Redis refused it: DB index is out of range"
+    )
+    assert check_services(wrong_login, [BENCH_QUEUE], stores_results=False) is None  # never asks Redis
+
+
+def test_worker_storing_results_refuses_to_start_when_redis_refuses_the_login(
+    service_env: dict[str, str], workdir: Path, redis_url: str
+) -> None:
+    host = redis_url.removeprefix("redis://").split("/", 1)[0]
+    env = {**service_env, "REDIS_URL": f"redis://bob:wrong-secret@{host}/0", "TRACING_ENABLED": "false"}
+
+    completed = run_cli(["worker", "--queues", "default"], env, workdir, timeout=30)
+
+    assert completed.returncode == 2
+    assert completed.stderr == (
+        f"greenroom: error: REDIS_URL (redis://bob:***@{host}/0): Redis refused the login: "
+        "check the user name and password\n"
+    )

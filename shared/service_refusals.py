@@ -1,16 +1,17 @@
-"""RabbitMQ refusing greenroom's settings, told apart from RabbitMQ being away.
+"""RabbitMQ or Redis refusing greenroom's settings, told apart from being away.
 
 An outage (connection refused, reset, timed out) passes: workers reconnect,
 ``send`` retries. A refusal does not pass by waiting: a login RabbitMQ rejects,
-a vhost the user may not open (both RABBITMQ_URL), a dead-letter queue kept
-with another TTL (DEAD_LETTER_TTL_SECONDS). Left to the retry loops, a worker
-would start, call itself ready and restart its consumers every 3 seconds for
-good, and ``send`` would retry for SEND_RETRY_TIMEOUT_SECONDS. Instead
-``greenroom worker`` checks before it starts (exit 2), and ``send`` and
-``greenroom dlq replay`` fail at once, each with one line that names the
-setting and says what to do.
+a vhost the user may not open (RABBITMQ_URL), a dead-letter queue kept with
+another TTL (DEAD_LETTER_TTL_SECONDS), a Redis login or database Redis rejects
+(REDIS_URL). Left to the retry loops, a worker would start, call itself ready
+and restart its consumers every 3 seconds for good (or hold every result it
+stores for RESULT_STORE_RETRY_SECONDS), and ``send`` would retry for
+SEND_RETRY_TIMEOUT_SECONDS. Instead ``greenroom worker`` checks before it
+starts (exit 2), and ``send`` and ``greenroom dlq replay`` fail at once, each
+with one line that names the setting and says what to do.
 
->>> check_broker(settings, ["default"])          # None, or the line to print
+>>> check_services(settings, ["default"], stores_results=True)   # None, or the line to print
 "RABBITMQ_URL (amqp://app:***@rabbit:5672/prod): RabbitMQ refused the login ..."
 >>> refusal_line(error, settings)                # for an error from a publish
 """
@@ -31,11 +32,17 @@ from shared.settings import Settings, redact_url
 CHECK_TIMEOUT_SECONDS = 5.0
 
 
-def check_broker(settings: Settings, queues: Iterable[str]) -> str | None:
+def check_services(settings: Settings, queues: Iterable[str], *, stores_results: bool) -> str | None:
     """None when RabbitMQ accepts the login, the vhost and the dead-letter queues of
-    ``queues`` as the settings describe them, or cannot be reached at all (an outage:
-    the worker connects once it can); else the line to print. Creates nothing.
+    ``queues`` as the settings describe them, and (if the worker ``stores_results``)
+    Redis its login and database; else the line to print. A service that cannot be
+    reached at all passes: that is an outage, and the worker connects once it can.
+    Creates nothing.
     """
+    return _rabbitmq_refusal(settings, queues) or (_redis_refusal(settings) if stores_results else None)
+
+
+def _rabbitmq_refusal(settings: Settings, queues: Iterable[str]) -> str | None:
     parameters = pika.URLParameters(settings.rabbitmq_url)
     parameters.socket_timeout = CHECK_TIMEOUT_SECONDS
     parameters.blocked_connection_timeout = CHECK_TIMEOUT_SECONDS
@@ -71,6 +78,26 @@ def refusal_line(error: BaseException, settings: Settings) -> str | None:
         and "inequivalent arg" in cause.reply_text
     ):
         return explain_refusal(cause.reply_text, settings.DEAD_LETTER_TTL_SECONDS)
+    return None
+
+
+def _redis_refusal(settings: Settings) -> str | None:
+    import redis  # imported here: 0.18 s, and only workers whose tasks store results need it
+
+    client = redis.Redis.from_url(
+        settings.redis_url, socket_connect_timeout=CHECK_TIMEOUT_SECONDS, socket_timeout=CHECK_TIMEOUT_SECONDS
+    )
+    where = f"REDIS_URL ({redact_url(settings.redis_url)})"
+    try:
+        client.ping()
+    except redis.AuthenticationError:
+        return f"{where}: Redis refused the login: check the user name and password"
+    except redis.ResponseError as error:  # a database number past the server's count, say
+        return f"{where}: Redis refused it: {error}"
+    except redis.RedisError:
+        return None
+    finally:
+        client.close()
     return None
 
 

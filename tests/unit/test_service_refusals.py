@@ -6,7 +6,7 @@ import pika.exceptions
 import pytest
 from dramatiq.errors import ConnectionClosed
 
-from shared.broker_refusals import refusal_line
+from shared.service_refusals import refusal_line
 from shared.settings import Settings, load_settings
 
 
