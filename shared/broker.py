@@ -52,7 +52,7 @@ class GreenroomBroker(RabbitmqBroker):
     time; here it is a setting. RabbitMQ refuses to re-declare a queue with other
     arguments: after changing the retention, delete the ``.XQ`` queues (empty
     them with ``greenroom dlq replay --all`` first) or apply a RabbitMQ policy
-    (:mod:`shared.queue_arguments` says so in one line).
+    (:mod:`shared.service_refusals` says so in one line).
     """
 
     def __init__(self, *, dead_letter_ttl_ms: int, **options: Any) -> None:
