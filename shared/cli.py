@@ -215,7 +215,15 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     from shared.service_refusals import check_services  # imported here: only this command needs it
     from shared.tasks import TASKS
 
-    queues = settings.WORKER_QUEUES or sorted({task.queue for task in TASKS.values()})
+    known = sorted({task.queue for task in TASKS.values()})
+    if unknown := [repr(queue) for queue in settings.WORKER_QUEUES if queue not in known]:
+        print(
+            f"greenroom: error: WORKER_QUEUES (or --queues): no task uses queue {', '.join(unknown)} "
+            f"(queues with tasks: {', '.join(known)})",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    queues = settings.WORKER_QUEUES or known
     stores_results = any(task.store_results for task in TASKS.values() if task.queue in queues)
     refused = check_services(settings, queues, stores_results=stores_results)
     if refused is not None:

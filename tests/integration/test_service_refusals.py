@@ -216,3 +216,13 @@ def test_worker_storing_results_refuses_to_start_when_redis_refuses_the_login(
         f"greenroom: error: REDIS_URL (redis://bob:***@{host}/0): Redis refused the login: "
         "check the user name and password\n"
     )
+
+
+def test_worker_for_a_queue_no_task_uses_refuses_to_start(service_env: dict[str, str], workdir: Path) -> None:
+    completed = run_cli(["worker", "--queues", "default", "defualt"], service_env, workdir, timeout=30)
+
+    assert completed.returncode == 2
+    assert completed.stderr == (
+        "greenroom: error: WORKER_QUEUES (or --queues): no task uses queue 'defualt' "
+        "(queues with tasks: default, greenroom-bench, reports)\n"
+    )
