@@ -1,8 +1,9 @@
-"""RabbitMQ refusing the settings (a login, a vhost, a dead-letter queue's TTL): one
-clear line, at once, from the worker's start, `send` and `dlq replay`.
+"""RabbitMQ or Redis refusing the settings (a login, a vhost, a dead-letter queue's TTL, a
+Redis database), and a worker asked for a queue no task uses: one clear line, at once,
+from the worker's start, `send` and `dlq replay`.
 
-Real RabbitMQ (the session's test vhost). The bench queue stands in for any
-task queue: only `greenroom bench` uses it, and it deletes it when done.
+Real RabbitMQ and Redis (the session's test vhost and database). The bench queue stands
+in for any task queue: only `greenroom bench` uses it, and it deletes it when done.
 """
 
 from __future__ import annotations
