@@ -44,7 +44,7 @@ def dead_letter_arguments(ttl_ms: int) -> dict[str, Any]:
 def dead_letter_mismatch(connection: Any, queues: Iterable[str], ttl_seconds: int) -> str | None:
     """The line for the first of ``queues`` whose ``.XQ`` RabbitMQ keeps with another TTL
     than ``ttl_seconds``, else None. Creates nothing: a missing ``.XQ`` is declared later,
-    with the right TTL."""
+    with the right TTL. Any other refusal (a permission the user lacks) raises pika's error."""
     arguments = dead_letter_arguments(ttl_seconds * 1000)
     for name in dict.fromkeys(xq_name(queue) for queue in queues):
         try:

@@ -2,7 +2,7 @@
 
 An outage (connection refused, reset, timed out) passes: workers reconnect,
 ``send`` retries. A refusal does not pass by waiting: a login RabbitMQ rejects,
-a vhost the user may not open (RABBITMQ_URL), a dead-letter queue kept with
+a vhost or queue the user may not use (RABBITMQ_URL), a dead-letter queue kept with
 another TTL (DEAD_LETTER_TTL_SECONDS), a Redis login or database Redis rejects
 (REDIS_URL). Left to the retry loops, a worker would start, call itself ready
 and restart its consumers every 3 seconds for good (or hold every result it
@@ -31,6 +31,9 @@ from shared.settings import Settings, redact_url
 #: Seconds the check waits for RabbitMQ before leaving the question to the worker.
 CHECK_TIMEOUT_SECONDS = 5.0
 
+#: RabbitMQ's reply code for an operation the user has no permission for.
+ACCESS_REFUSED = 403
+
 
 def check_services(settings: Settings, queues: Iterable[str], *, stores_results: bool) -> str | None:
     """None when RabbitMQ accepts the login, the vhost and the dead-letter queues of
@@ -54,6 +57,8 @@ def _rabbitmq_refusal(settings: Settings, queues: Iterable[str]) -> str | None:
             return refusal_line(error, settings)
         try:
             return dead_letter_mismatch(connection, queues, settings.DEAD_LETTER_TTL_SECONDS)
+        except pika.exceptions.ChannelClosedByBroker as error:  # a permission the user lacks, say
+            return refusal_line(error, settings)
         except pika.exceptions.AMQPConnectionError:
             return None
         finally:
@@ -78,6 +83,8 @@ def refusal_line(error: BaseException, settings: Settings) -> str | None:
         and "inequivalent arg" in cause.reply_text
     ):
         return explain_refusal(cause.reply_text, settings.DEAD_LETTER_TTL_SECONDS)
+    if isinstance(cause, pika.exceptions.ChannelClosedByBroker) and cause.reply_code == ACCESS_REFUSED:
+        return f"{where}: RabbitMQ refused this user: {cause.reply_text}"
     return None
 
 

@@ -8,7 +8,9 @@ in for any task queue: only `greenroom bench` uses it, and it deletes it when do
 
 from __future__ import annotations
 
+import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -227,3 +229,38 @@ def test_worker_for_a_queue_no_task_uses_refuses_to_start(service_env: dict[str,
         "greenroom: error: WORKER_QUEUES (or --queues): no task uses queue 'defualt' "
         "(queues with tasks: default, greenroom-bench, reports)\n"
     )
+
+
+@pytest.fixture
+def user_without_configure_permission(rabbitmq_url: str) -> Iterator[str]:
+    """The URL of a user who may read and write the test vhost but declare nothing there."""
+    vhost = rabbitmq_url.rsplit("/", 1)[1]
+    user, password = f"greenroom-test-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    subprocess.run(["rabbitmqctl", "-q", "add_user", user, password], check=True, capture_output=True)
+    try:
+        subprocess.run(
+            ["rabbitmqctl", "-q", "set_permissions", "-p", vhost, user, "^$", ".*", ".*"],
+            check=True,
+            capture_output=True,
+        )
+        yield rabbitmq_url.replace("guest:guest@", f"{user}:{password}@")
+    finally:
+        subprocess.run(["rabbitmqctl", "-q", "delete_user", user], check=True, capture_output=True)
+
+
+def test_check_names_a_permission_the_user_lacks(
+    user_without_configure_permission: str, redis_url: str, bench_xq_kept_a_minute: None
+) -> None:
+    settings = load_settings(
+        _env_file=None,
+        RABBITMQ_URL=user_without_configure_permission,
+        REDIS_URL=redis_url,
+        DEAD_LETTER_TTL_SECONDS=60,  # the queue's own: only the permission is missing
+    )
+
+    line = check_services(settings, [BENCH_QUEUE], stores_results=False)
+
+    assert line is not None
+    assert line.startswith("RABBITMQ_URL (amqp://greenroom-test-")
+    assert ":***@" in line
+    assert "RabbitMQ refused this user: ACCESS_REFUSED - access to queue 'greenroom-bench.XQ'" in line
