@@ -42,15 +42,11 @@ def dead_letter_arguments(ttl_ms: int) -> dict[str, Any]:
 
 
 def dead_letter_mismatch(connection: Any, queues: Iterable[str], ttl_seconds: int) -> str | None:
-    """The line for the first of ``queues`` whose ``.XQ`` RabbitMQ keeps with another TTL
-    than ``ttl_seconds``, else None. Creates nothing: a missing ``.XQ`` is declared later,
-    with the right TTL. Any other refusal (a permission the user lacks) raises pika's error."""
+    """Declare each of ``queues``' ``.XQ`` as a worker is about to, keeping dead letters
+    ``ttl_seconds``: the line for the first one RabbitMQ keeps with another TTL, else None.
+    Any other refusal (a permission the user lacks) raises pika's error."""
     arguments = dead_letter_arguments(ttl_seconds * 1000)
     for name in dict.fromkeys(xq_name(queue) for queue in queues):
-        try:
-            connection.channel().queue_declare(name, passive=True)
-        except pika.exceptions.ChannelClosedByBroker:
-            continue  # not there yet: it will be declared with the setting's TTL
         try:
             connection.channel().queue_declare(name, durable=True, arguments=arguments)
         except pika.exceptions.ChannelClosedByBroker as error:

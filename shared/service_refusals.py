@@ -40,7 +40,7 @@ def check_services(settings: Settings, queues: Iterable[str], *, stores_results:
     ``queues`` as the settings describe them, and (if the worker ``stores_results``)
     Redis its login and database; else the line to print. A service that cannot be
     reached at all passes: that is an outage, and the worker connects once it can.
-    Creates nothing.
+    Declares the dead-letter queues the worker would declare next, nothing else.
     """
     return _rabbitmq_refusal(settings, queues) or (_redis_refusal(settings) if stores_results else None)
 
@@ -111,8 +111,7 @@ def _redis_refusal(settings: Settings) -> str | None:
 @contextlib.contextmanager
 def _quiet_pika() -> Iterator[None]:
     """pika logs each step of a failed connection at ERROR, and each channel the broker
-    closes (a passive declaration of a queue not there yet) as a WARNING; during the
-    check those are answers, not news."""
+    closes as a WARNING; during the check those are answers, not news."""
     pika_logger = logging.getLogger("pika")
     level = pika_logger.level
     pika_logger.setLevel(logging.CRITICAL)

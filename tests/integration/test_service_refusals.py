@@ -44,17 +44,6 @@ def bench_xq_kept_a_minute(rabbitmq_url: str) -> Iterator[None]:
     delete_queues(rabbitmq_url, BENCH_QUEUE)
 
 
-def _exists(rabbitmq_url: str, queue: str) -> bool:
-    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
-    try:
-        connection.channel().queue_declare(queue, passive=True)
-        return True
-    except pika.exceptions.ChannelClosedByBroker:
-        return False
-    finally:
-        connection.close()
-
-
 def test_check_names_the_setting_the_queue_and_both_ttls(
     settings: Settings, bench_xq_kept_a_minute: None
 ) -> None:
@@ -75,9 +64,19 @@ def test_check_passes_a_matching_queue(rabbitmq_url: str, bench_xq_kept_a_minute
     assert check_services(settings, [BENCH_QUEUE], stores_results=False) is None
 
 
-def test_check_creates_no_queue(settings: Settings, rabbitmq_url: str) -> None:
-    assert check_services(settings, ["no-such-queue"], stores_results=False) is None
-    assert not _exists(rabbitmq_url, "no-such-queue.XQ")
+def test_check_declares_the_dead_letter_queue_a_worker_would(rabbitmq_url: str, redis_url: str) -> None:
+    settings = load_settings(
+        _env_file=None, RABBITMQ_URL=rabbitmq_url, REDIS_URL=redis_url, DEAD_LETTER_TTL_SECONDS=60
+    )
+    delete_queues(rabbitmq_url, BENCH_QUEUE)
+    try:
+        assert check_services(settings, [BENCH_QUEUE], stores_results=False) is None
+        # Declared with the setting's TTL: declaring it so again is accepted, with another refused
+        assert check_services(settings, [BENCH_QUEUE], stores_results=False) is None
+        other = settings.model_copy(update={"DEAD_LETTER_TTL_SECONDS": 120})
+        assert "x-message-ttl 60000 ms" in (check_services(other, [BENCH_QUEUE], stores_results=False) or "")
+    finally:
+        delete_queues(rabbitmq_url, BENCH_QUEUE)
 
 
 def test_check_leaves_unreachable_services_to_the_worker_and_logs_nothing(
@@ -258,9 +257,11 @@ def test_check_names_a_permission_the_user_lacks(
         DEAD_LETTER_TTL_SECONDS=60,  # the queue's own: only the permission is missing
     )
 
-    line = check_services(settings, [BENCH_QUEUE], stores_results=False)
+    existing = check_services(settings, [BENCH_QUEUE], stores_results=False)
+    missing = check_services(settings, ["reports"], stores_results=False)  # not declared in this test
 
-    assert line is not None
-    assert line.startswith("RABBITMQ_URL (amqp://greenroom-test-")
-    assert ":***@" in line
-    assert "RabbitMQ refused this user: ACCESS_REFUSED - access to queue 'greenroom-bench.XQ'" in line
+    for line, queue in ((existing, "greenroom-bench.XQ"), (missing, "reports.XQ")):
+        assert line is not None
+        assert line.startswith("RABBITMQ_URL (amqp://greenroom-test-")
+        assert ":***@" in line
+        assert f"RabbitMQ refused this user: ACCESS_REFUSED - access to queue '{queue}'" in line
