@@ -46,7 +46,8 @@ if TYPE_CHECKING:
 
 
 class GreenroomBroker(RabbitmqBroker):
-    """RabbitmqBroker whose dead-letter queues keep messages DEAD_LETTER_TTL_SECONDS.
+    """RabbitmqBroker whose consumers check every body (at most ``max_message_bytes``) and
+    whose dead-letter queues keep messages DEAD_LETTER_TTL_SECONDS.
 
     Dramatiq reads its retention (7 days) from an environment variable at import
     time; here it is a setting. RabbitMQ refuses to re-declare a queue with other
@@ -55,11 +56,12 @@ class GreenroomBroker(RabbitmqBroker):
     (:mod:`shared.service_refusals` says so in one line).
     """
 
-    def __init__(self, *, dead_letter_ttl_ms: int, **options: Any) -> None:
+    def __init__(self, *, dead_letter_ttl_ms: int, max_message_bytes: int, **options: Any) -> None:
         self._hooks: dict[str, list[Callable[..., Any]]] = {}
         self._hooks_of: list[Middleware] = []
         super().__init__(**options)
         self.dead_letter_ttl_ms = dead_letter_ttl_ms
+        self.max_message_bytes = max_message_bytes
 
     # Dramatiq calls every hook of every middleware for each signal, most of them
     # the base class's no-ops: four signals per message times a dozen middleware.
@@ -103,7 +105,7 @@ class GreenroomBroker(RabbitmqBroker):
 
     @property
     def consumer_class(self) -> type[Any]:
-        """Dramatiq's consumer with acks in batches and plain message fields (:mod:`shared.consumer`)."""
+        """Dramatiq's consumer checking every body, with acks in batches (:mod:`shared.consumer`)."""
         return GreenroomConsumer
 
     def _declare_xq_queue(self, queue_name: str) -> Any:
@@ -188,6 +190,7 @@ def build_broker(
         confirm_delivery=settings.BROKER_CONFIRM_DELIVERY,
         middleware=middleware,
         dead_letter_ttl_ms=settings.DEAD_LETTER_TTL_SECONDS * 1000,
+        max_message_bytes=settings.MAX_MESSAGE_BYTES,
     )
 
 

@@ -1,10 +1,20 @@
-"""The worker's RabbitMQ consumer: Dramatiq's, with two costs per message taken out.
+"""The worker's RabbitMQ consumer: Dramatiq's, checking what it hands out and settling in batches.
+
+**Every body checked.** A body is untrusted input (anyone who may publish to the
+queue can write it). Before a worker thread sees a delivery, the consumer checks
+it with :func:`shared.message_checks.checked_message` against the queue that
+delivered it; one that fails is dead-lettered at once (``basic.nack`` without
+requeue, so RabbitMQ moves it to ``<queue>.XQ``) with one WARNING line naming
+the field and why, and is never retried.
+
+**Settled on the channel that delivered it.** Each message remembers the consumer
+(channel) it came from. A message finishing after that consumer's connection was
+lost is not settled on its successor, where its delivery tag would name another
+message: RabbitMQ redelivers it, and one line says how many messages that is.
 
 **Acks in batches.** Dramatiq's consumer hands every ack to the connection's
 thread as its own callback: one wake-up of the consumer thread, one
-``basic.ack`` frame and one flush of the socket per message. On a busy worker
-that is about a third of the consumer thread's work (and RabbitMQ's
-per-message work). This consumer keeps
+``basic.ack`` frame and one flush of the socket per message. This consumer keeps
 finished messages in a list and schedules one callback for all that finish
 before it runs; that callback sends
 
@@ -16,62 +26,121 @@ before it runs; that callback sends
 - a plain ``basic.ack`` for each acked tag above it (a slower message is still
   running: acking past it would lose it if the worker died).
 
-So no message is acked before it finished, and none that failed is acked: the
-guarantees are Dramatiq's. What differs is only how many frames carry them.
+So no message is acked before it finished, and none that failed is acked.
 
 **Message fields as plain attributes.** Dramatiq's message proxy reads every
-field (``options``, ``queue_name``, ``message_id`` ...) through ``__getattr__``,
-after a failed normal lookup: about 0.7 us each, and Dramatiq's middleware and
-greenroom's read some 30 per task. The message is a frozen dataclass, so this
-consumer copies its seven fields onto the proxy once, where normal lookup finds
-them: 25 us less per task on a worker thread.
+field through ``__getattr__`` after a failed normal lookup; the proxy here holds
+the seven fields as attributes, where normal lookup finds them.
 
 >>> consumer = broker.consume("default", prefetch=16)   # GreenroomBroker returns one
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from typing import Any
 
+import pika.exceptions
+from dramatiq.broker import MessageProxy
 from dramatiq.brokers.rabbitmq import _RabbitmqConsumer
+from dramatiq.common import q_name
+from dramatiq.errors import ConnectionClosed
+
+from shared.message_checks import EXCERPT_CHARS, MessageRejected, checked_message, excerpt
+
+logger = logging.getLogger("greenroom.consumer")
+
+
+class DeliveredMessage(MessageProxy):
+    """A checked message as one consumer's channel delivered it, its fields plain attributes."""
+
+    def __init__(self, consumer: GreenroomConsumer, tag: int, redelivered: bool, message: Any) -> None:
+        super().__init__(message)
+        self.delivered_by = consumer
+        self._tag = tag
+        self.redelivered = redelivered
+        vars(self).update(
+            queue_name=message.queue_name,
+            actor_name=message.actor_name,
+            args=message.args,
+            kwargs=message.kwargs,
+            options=message.options,
+            message_id=message.message_id,
+            message_timestamp=message.message_timestamp,
+        )
 
 
 class GreenroomConsumer(_RabbitmqConsumer):
-    """Dramatiq's RabbitMQ consumer, settling finished messages a batch per wake-up and
-    handing out messages whose fields are plain attributes."""
+    """Dramatiq's RabbitMQ consumer that checks every body before handing it out, settles
+    each delivery on the channel that delivered it, and settles finished messages a batch
+    per wake-up."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
         self._settling = threading.Lock()
         self._finished: list[tuple[int, bool]] = []  # (delivery tag, acked?) in finishing order
         self._flush_scheduled = False
+        self._loss_reported = False
 
-    def __next__(self) -> Any:
-        proxy = super().__next__()  # type: ignore[no-untyped-call]
-        if proxy is not None:
-            message = proxy._message
-            vars(proxy).update(
-                queue_name=message.queue_name,
-                actor_name=message.actor_name,
-                args=message.args,
-                kwargs=message.kwargs,
-                options=message.options,
-                message_id=message.message_id,
-                message_timestamp=message.message_timestamp,
+    def __next__(self) -> DeliveredMessage | None:
+        try:
+            method, _properties, body = next(self.iterator)
+        except (AssertionError, pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as e:
+            if getattr(e, "reply_code", None) == 404:  # the queue is gone: declare it again on restart
+                self.broker.queues_pending.add(q_name(self.queue_name))
+            raise ConnectionClosed(e) from None
+        if method is None:
+            return None
+        try:
+            message = checked_message(
+                body,
+                self.queue_name,
+                self._queue_of_actor,
+                max_bytes=self.broker.max_message_bytes,
+                now_ms=int(time.time() * 1000),
             )
-        return proxy
+        except MessageRejected as rejection:
+            self._reject(method.delivery_tag, body, rejection)
+            return None
+        self.known_tags.add(method.delivery_tag)
+        return DeliveredMessage(self, method.delivery_tag, method.redelivered, message)
+
+    def _queue_of_actor(self, name: str) -> str | None:
+        actor = self.broker.actors.get(name)
+        return None if actor is None else str(actor.queue_name)
+
+    def _reject(self, tag: int, body: bytes, rejection: MessageRejected) -> None:
+        logger.warning(
+            "Dead-lettered a message from queue %r: %s",
+            self.queue_name,
+            rejection,
+            extra={
+                "queue": self.queue_name,
+                "field": rejection.field,
+                "reason": rejection.reason,
+                "body_bytes": len(body),
+                "body_excerpt": excerpt(body[:EXCERPT_CHARS]),
+            },
+        )
+        self._finish(tag, acked=False, known=False)
 
     def ack(self, message: Any) -> None:
-        self._finish(message._tag, acked=True)
+        self._settle(message, acked=True)
 
     def nack(self, message: Any) -> None:
-        self._finish(message._tag, acked=False)
+        self._settle(message, acked=False)
 
-    def _nack(self, tag: int) -> None:
-        # Dramatiq's path for a message that cannot be decoded (never in known_tags):
-        # it must still be rejected before any multiple ack that would cover it.
-        self._finish(tag, acked=False, known=False)
+    def _settle(self, message: Any, *, acked: bool) -> None:
+        delivered_by = getattr(message, "delivered_by", None)
+        if delivered_by is not self:
+            # Delivered on an earlier connection of this consumer thread: its delivery tag
+            # means nothing (or another message) on this channel. RabbitMQ redelivers it.
+            if isinstance(delivered_by, GreenroomConsumer):
+                delivered_by.report_lost_connection()
+            return
+        self._finish(message._tag, acked=acked)
 
     def _finish(self, tag: int, *, acked: bool, known: bool = True) -> None:
         with self._settling:
@@ -87,10 +156,27 @@ class GreenroomConsumer(_RabbitmqConsumer):
             self._flush_scheduled = True
         try:
             self.connection.add_callback_threadsafe(self._settle_finished)
+        except pika.exceptions.AMQPConnectionError:
+            self.report_lost_connection()
         except Exception:
             with self._settling:
                 self._flush_scheduled = False
             raise
+
+    def report_lost_connection(self) -> None:
+        """Say once, when a finished message can no longer be settled, what RabbitMQ will redeliver."""
+        with self._settling:
+            if self._loss_reported:
+                return
+            self._loss_reported = True
+            unsettled = len(self.known_tags) + len(self._finished)
+        logger.warning(
+            "Lost the connection to RabbitMQ while consuming %r: %d unsettled message(s) of it will be "
+            "redelivered, finished ones included (delivery is at-least-once)",
+            self.queue_name,
+            unsettled,
+            extra={"queue": self.queue_name, "redelivered_messages": unsettled},
+        )
 
     def _settle_finished(self) -> None:
         """Runs on the connection's thread: one batch of nacks and acks, one socket write."""

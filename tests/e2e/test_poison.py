@@ -66,10 +66,10 @@ def test_poison_messages_are_dead_lettered_once_with_a_reason(
     assert producer.send("echo", payload="still alive").result(timeout=10) == "still alive"
     assert not marker.exists(), "a pickle was unpickled"
     lines = worker.json_lines()
-    decode_failures = [line for line in lines if line["message"].startswith("Failed to decode message")]
-    assert len(decode_failures) == 3  # not JSON, not a message, pickle
-    [undefined] = [line for line in lines if "undefined actor 'no.such.task'" in line["message"]]
-    assert "Moving it to the DLQ" in undefined["message"]
+    rejections = [line for line in lines if line["message"].startswith("Dead-lettered a message from queue")]
+    assert [line["field"] for line in rejections] == ["body", "actor_name", "body", "actor_name"]
+    assert rejections[0]["reason"].startswith("not UTF-8") and rejections[1]["reason"] == "missing"
+    assert "no actor 'no.such.task'" in rejections[3]["reason"]
     [rejected] = [e for e in worker.wait_for_task_events(2) if e["message_id"] == bad_arguments.message_id]
     assert rejected["event"] == "dead-lettered"
     assert "delay_ms" in rejected["error"]

@@ -27,16 +27,23 @@ QUEUE = "greenroom-test-acks"
 
 @pytest.fixture
 def broker(rabbitmq_url: str) -> Iterator[GreenroomBroker]:
-    broker = GreenroomBroker(url=rabbitmq_url, dead_letter_ttl_ms=60_000, middleware=[])
+    broker = GreenroomBroker(
+        url=rabbitmq_url, dead_letter_ttl_ms=60_000, max_message_bytes=1_048_576, middleware=[]
+    )
+    dramatiq.actor(actor_name="echo", queue_name=QUEUE, broker=broker)(_echo)  # the consumer checks actors
     broker.declare_queue(QUEUE, ensure=True)
     yield broker
     broker.close()
     delete_queues(rabbitmq_url, QUEUE)
 
 
+def _echo(number: int) -> None:
+    del number
+
+
 def _enqueue(broker: GreenroomBroker, count: int) -> None:
     for number in range(count):
-        broker.enqueue(dramatiq.Message(QUEUE, "echo", (number,), {}, {}))
+        broker.enqueue(dramatiq.Message(QUEUE, "echo", (), {"number": number}, {}))
 
 
 def _receive(consumer: GreenroomConsumer, count: int) -> list[Any]:
@@ -51,13 +58,13 @@ def _receive(consumer: GreenroomConsumer, count: int) -> list[Any]:
 
 
 def _left_in(rabbitmq_url: str, queue: str) -> list[Any]:
-    """The first argument of every message in ``queue`` (sorted), removing them."""
-    return sorted((_first_argument(body) for body in take_all(rabbitmq_url, queue)), key=str)
+    """The ``number`` argument of every message in ``queue`` (sorted), removing them."""
+    return sorted((_number(body) for body in take_all(rabbitmq_url, queue)), key=str)
 
 
-def _first_argument(body: bytes) -> Any:
+def _number(body: bytes) -> Any:
     try:
-        return json.loads(body)["args"][0]
+        return json.loads(body)["kwargs"]["number"]
     except ValueError:
         return body  # not a Dramatiq message
 
@@ -114,7 +121,7 @@ def test_an_undecodable_message_between_acked_ones_is_dead_lettered(
     broker.channel.basic_publish(exchange="", routing_key=QUEUE, body=b"not a dramatiq message")
     _enqueue(broker, 1)
     consumer = broker.consume(QUEUE, prefetch=3, timeout=100)
-    messages = _receive(consumer, 2)  # Dramatiq's consumer rejects the third itself
+    messages = _receive(consumer, 2)  # the consumer rejects the third itself
     for message in messages:
         consumer.ack(message)
     consumer.close()
@@ -131,6 +138,8 @@ def test_a_busy_worker_acks_every_success_once_and_dead_letters_every_failure(
     broker.add_middleware(Retries(max_retries=0))
     runs: list[int] = []
     lock = threading.Lock()
+
+    broker.actors.pop("echo")  # the fixture's, replaced by one that records and fails
 
     @dramatiq.actor(actor_name="echo", queue_name=QUEUE, broker=broker)
     def echo(number: int) -> None:
@@ -165,6 +174,6 @@ def test_messages_carry_their_fields_as_plain_attributes_shared_with_the_message
     assert proxy.options is message.options  # Retries' count, written through the proxy, is the message's
     proxy.options["retries"] = 1
     assert message.options["retries"] == 1
-    assert proxy.message_id == message.message_id and proxy.args == (0,)
+    assert proxy.message_id == message.message_id and proxy.kwargs == {"number": 0}
     consumer.ack(proxy)
     consumer.close()

@@ -41,7 +41,12 @@ def clear_calls() -> None:
 
 
 def broker(*middleware: Middleware) -> GreenroomBroker:
-    return GreenroomBroker(url="amqp://127.0.0.1:1", middleware=list(middleware), dead_letter_ttl_ms=1000)
+    return GreenroomBroker(
+        url="amqp://127.0.0.1:1",
+        middleware=list(middleware),
+        dead_letter_ttl_ms=1000,
+        max_message_bytes=1_048_576,
+    )
 
 
 def test_before_in_list_order_after_in_reverse() -> None:

@@ -1,8 +1,9 @@
 """The order GreenroomConsumer settles in, with the connection and channel replaced by recorders.
 
 The broker-backed tests (tests/integration/test_consumer.py) show the rules hold on RabbitMQ; this one
-pins a race they cannot provoke on demand: a settlement already scheduled when a message fails to
-decode must still reject that message before acknowledging past it.
+pins races they cannot provoke on demand: a settlement already scheduled when a message is rejected
+must still reject that message before acknowledging past it, and a message delivered on a connection
+that has since been replaced is never settled on its successor.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ import logging
 import threading
 from collections.abc import Callable
 from typing import Any
+
+import pika.exceptions
+import pytest
 
 from shared.consumer import GreenroomConsumer
 
@@ -45,19 +49,22 @@ def _consumer(known_tags: set[int]) -> tuple[GreenroomConsumer, RecordingConnect
     consumer.connection, consumer.channel = RecordingConnection(), RecordingChannel()
     consumer.known_tags = set(known_tags)
     consumer._settling, consumer._finished, consumer._flush_scheduled = threading.Lock(), [], False
+    consumer._loss_reported = False
+    consumer.queue_name = "default"
     return consumer, consumer.connection, consumer.channel
 
 
 class Finished:
-    def __init__(self, tag: int) -> None:
+    def __init__(self, consumer: GreenroomConsumer, tag: int) -> None:
+        self.delivered_by = consumer
         self._tag = tag
 
 
 def test_an_undecodable_message_is_rejected_before_a_settlement_scheduled_earlier_acks_past_it() -> None:
     consumer, connection, channel = _consumer(known_tags={1, 3})
-    consumer.ack(Finished(1))  # schedules a settlement
-    consumer._nack(2)  # Dramatiq's consumer: tag 2 could not be decoded
-    consumer.ack(Finished(3))  # finishes before the settlement runs
+    consumer.ack(Finished(consumer, 1))  # schedules a settlement
+    consumer._finish(2, acked=False, known=False)  # tag 2 failed its checks
+    consumer.ack(Finished(consumer, 3))  # finishes before the settlement runs
     connection.run_callbacks()
 
     assert channel.frames == [("nack", 2, False), ("ack", 3, True)]  # one ack frame covers 1 and 3
@@ -66,9 +73,44 @@ def test_an_undecodable_message_is_rejected_before_a_settlement_scheduled_earlie
 def test_one_settlement_per_wake_up_and_single_acks_above_an_unfinished_message() -> None:
     consumer, connection, channel = _consumer(known_tags={1, 2, 3, 4})
     for tag in (1, 3, 4):
-        consumer.ack(Finished(tag))
+        consumer.ack(Finished(consumer, tag))
     assert len(connection.callbacks) == 1
     connection.run_callbacks()
 
     assert channel.frames == [("ack", 1, True), ("ack", 3, False), ("ack", 4, False)]
     assert consumer.known_tags == {2}
+
+
+def test_a_message_from_a_replaced_connection_is_not_settled_on_the_new_one(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    old, _, _ = _consumer(known_tags={1})
+    new, connection, channel = _consumer(known_tags={1})  # tag 1 here is another message
+    with caplog.at_level(logging.WARNING, "greenroom.consumer"):
+        new.ack(Finished(old, 1))
+        new.nack(Finished(old, 1))
+    connection.run_callbacks()
+
+    assert channel.frames == []
+    assert new.known_tags == {1}
+    [line] = caplog.messages  # said once, however many finish late
+    assert "1 unsettled message(s) of it will be redelivered" in line
+
+
+class ClosedConnection(RecordingConnection):
+    def add_callback_threadsafe(self, callback: Callable[[], Any]) -> None:
+        raise pika.exceptions.ConnectionWrongStateError("Connection is closed.")
+
+
+def test_finishing_on_a_lost_connection_says_what_will_be_redelivered_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    consumer, _, _ = _consumer(known_tags={1, 2, 3})
+    consumer.connection = ClosedConnection()
+    with caplog.at_level(logging.WARNING, "greenroom.consumer"):
+        consumer.ack(Finished(consumer, 1))  # raised into Dramatiq's "found a bug" handler before
+        consumer.nack(Finished(consumer, 2))
+
+    [line] = caplog.messages
+    assert "Lost the connection to RabbitMQ while consuming 'default'" in line
+    assert "3 unsettled message(s)" in line
