@@ -18,7 +18,7 @@ import functools
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
@@ -28,7 +28,10 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 REDACTED = "***"
 
 _QUEUE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9._-]*")  # as Dramatiq checks it
-_SECRET_FIELDS = frozenset({"RABBITMQ_URL", "REDIS_URL"})
+#: Settings that may hold a password: an error about them never shows their value.
+_SECRET_FIELDS = frozenset(
+    {"RABBITMQ_URL", "REDIS_URL", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"}
+)
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _LOG_FORMATS = ("json", "console")
 
@@ -42,34 +45,63 @@ class SettingsError(Exception):
 def redact_url(url: str) -> str:
     """Return ``url`` with its password replaced, safe for logs and output.
 
+    Everything up to the last ``@`` counts as user and password, so a password
+    holding ``@``, ``/``, ``?`` or ``#`` is hidden however the URL parses.
+
     >>> redact_url("amqp://app:s3cret@rabbit:5672/%2F")
     'amqp://app:***@rabbit:5672/%2F'
+    >>> redact_url("amqp://app:Sup3r/Secret@rabbit:5672/%2F")
+    'amqp://app:***@rabbit:5672/%2F'
     """
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    userinfo = f"{parts.username}:{REDACTED}" if parts.username else f":{REDACTED}"
-    return urlunsplit(parts._replace(netloc=f"{userinfo}@{netloc}"))
+    scheme, separator, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    if not (separator and at and colon):
+        return url  # no password in it
+    return f"{scheme}://{user}:{REDACTED}@{host}"
+
+
+#: How to write a password (or user name) that holds characters URLs reserve.
+PERCENT_ENCODING_HINT = (
+    "percent-encode the user name and password (/ as %2F, ? as %3F, # as %23, @ as %40, : as %3A, % as %25)"
+)
 
 
 def _check_url(value: SecretStr, schemes: tuple[str, ...]) -> SecretStr:
+    """Refuse a URL greenroom's clients cannot use; the reason never quotes any part of it."""
     url = value.get_secret_value()
     try:
         parts = urlsplit(url)
-        port = parts.port  # raises ValueError on a non-numeric or out-of-range port
-    except ValueError as error:
-        raise ValueError(f"not a valid URL ({error})") from None
+        _ = parts.port  # raises ValueError on a non-numeric or out-of-range port
+    except ValueError:
+        raise ValueError(
+            f"not a valid URL: its host and port cannot be read; {PERCENT_ENCODING_HINT}"
+        ) from None
     if parts.scheme not in schemes:
         raise ValueError(f"scheme must be one of {', '.join(s + '://' for s in schemes)}")
+    if "@" in parts.path + parts.query + parts.fragment:
+        # "user:123/abc@host" parses as host "user", port 123: a password cut at "/".
+        raise ValueError(f"not a valid URL: an '@' after the host; {PERCENT_ENCODING_HINT}")
     if not parts.hostname:
         raise ValueError("URL has no host")
-    del port
     return value
 
 
 #: The shortest dead-letter retention the settings accept (a minute).
 MIN_DEAD_LETTER_TTL_SECONDS = 60
+#: The longest a result or a dead letter may be kept (a year): Redis and RabbitMQ take the TTL in ms.
+MAX_RETENTION_SECONDS = 365 * 86400
+#: The longest task time limit and retry backoff (a week, Dramatiq's own maximum backoff).
+MAX_TASK_SECONDS = 7 * 86400
+#: Redis database numbers run from 0 to this (its ``databases`` limit, a C int).
+MAX_REDIS_DB = 2**31 - 2
+#: The span queue of a BatchSpanProcessor unless OTEL_BSP_MAX_QUEUE_SIZE says otherwise (the SDK's).
+DEFAULT_BSP_MAX_QUEUE_SIZE = 2048
+#: The largest OTEL_BSP_* span count and the longest OTEL_BSP_* delay (ms) the settings accept.
+MAX_BSP_SPANS = 1_000_000
+MAX_BSP_MILLIS = 600_000
+#: The user greenroom's RabbitMQ client logs in as when the URL names none (pika's default).
+RABBITMQ_DEFAULT_CREDENTIALS = ("guest", "guest")
 
 
 class Settings(BaseSettings):
@@ -86,6 +118,7 @@ class Settings(BaseSettings):
         extra="ignore",
         case_sensitive=True,
         validate_default=True,
+        allow_inf_nan=False,  # every number a setting holds is finite
     )
 
     # Deployment ------------------------------------------------------------------
@@ -97,8 +130,10 @@ class Settings(BaseSettings):
     BROKER_CONFIRM_DELIVERY: bool = True
     SEND_RETRY_TIMEOUT_SECONDS: float = Field(default=10.0, ge=0, le=600)
     MAX_MESSAGE_BYTES: int = Field(default=1_048_576, ge=1024, le=134_217_728)
-    DEAD_LETTER_TTL_SECONDS: int = Field(default=7 * 86400, ge=MIN_DEAD_LETTER_TTL_SECONDS)
-    RESULT_TTL_SECONDS: int = Field(default=3600, gt=0)
+    DEAD_LETTER_TTL_SECONDS: int = Field(
+        default=7 * 86400, ge=MIN_DEAD_LETTER_TTL_SECONDS, le=MAX_RETENTION_SECONDS
+    )
+    RESULT_TTL_SECONDS: int = Field(default=3600, gt=0, le=MAX_RETENTION_SECONDS)
     RESULT_STORE_RETRY_SECONDS: float = Field(default=30.0, ge=0, le=600)
 
     # Worker processes -----------------------------------------------------------
@@ -109,9 +144,9 @@ class Settings(BaseSettings):
 
     # Task defaults (a task contract may override them) -------------------------
     TASK_MAX_RETRIES: int = Field(default=3, ge=0, le=100)
-    TASK_TIME_LIMIT_SECONDS: float = Field(default=300.0, gt=0)
-    TASK_MIN_BACKOFF_SECONDS: float = Field(default=1.0, gt=0)
-    TASK_MAX_BACKOFF_SECONDS: float = Field(default=300.0, gt=0)
+    TASK_TIME_LIMIT_SECONDS: float = Field(default=300.0, ge=0.001, le=MAX_TASK_SECONDS)
+    TASK_MIN_BACKOFF_SECONDS: float = Field(default=1.0, ge=0.001, le=MAX_TASK_SECONDS)
+    TASK_MAX_BACKOFF_SECONDS: float = Field(default=300.0, ge=0.001, le=MAX_TASK_SECONDS)
 
     # Logs -----------------------------------------------------------------------
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
@@ -122,8 +157,10 @@ class Settings(BaseSettings):
     TRACING_NEW_TRACE_PER_TASK: bool = False
     TRACING_FLUSH_TIMEOUT_SECONDS: float = Field(default=5.0, gt=0, le=60)
     PROCESS_TYPE: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    # The OpenTelemetry SDK reads OTEL_* itself; they are declared here so that a
-    # bad value stops the process at start like any other setting.
+    # OpenTelemetry's own variables, as its specification defines them. They are
+    # declared here so that a bad value stops the process at start like any other
+    # setting, and so that a value from .env is in effect too: greenroom hands them
+    # to the SDK (the SDK itself reads only the process environment).
     OTEL_SDK_DISABLED: bool = False
     OTEL_SERVICE_NAME: str | None = None
     OTEL_EXPORTER_OTLP_PROTOCOL: OtlpProtocol = "http/protobuf"
@@ -142,6 +179,10 @@ class Settings(BaseSettings):
         | None
     ) = None
     OTEL_TRACES_SAMPLER_ARG: float | None = Field(default=None, ge=0, le=1)
+    OTEL_BSP_SCHEDULE_DELAY: int | None = Field(default=None, ge=1, le=MAX_BSP_MILLIS)
+    OTEL_BSP_EXPORT_TIMEOUT: int | None = Field(default=None, ge=1, le=MAX_BSP_MILLIS)
+    OTEL_BSP_MAX_QUEUE_SIZE: int | None = Field(default=None, ge=1, le=MAX_BSP_SPANS)
+    OTEL_BSP_MAX_EXPORT_BATCH_SIZE: int | None = Field(default=None, ge=1, le=MAX_BSP_SPANS)
 
     # Benchmark (greenroom bench sets it for the workers it starts) ---------------
     BENCH_RECORD_PATH: Path | None = None
@@ -157,10 +198,20 @@ class Settings(BaseSettings):
     def _rabbitmq_url(cls, value: SecretStr) -> SecretStr:
         return _check_url(value, ("amqp", "amqps"))
 
+    @field_validator("RABBITMQ_URL")
+    @classmethod
+    def _rabbitmq_credentials(cls, value: SecretStr) -> SecretStr:
+        parts = urlsplit(value.get_secret_value())
+        if parts.username is not None and parts.password is None:
+            raise ValueError("a user name needs a password (amqp://user:password@host/vhost)")
+        return value
+
     @field_validator("REDIS_URL")
     @classmethod
     def _redis_url(cls, value: SecretStr) -> SecretStr:
-        return _check_url(value, ("redis", "rediss"))
+        _check_url(value, ("redis", "rediss"))
+        _check_redis_database(urlsplit(value.get_secret_value()))
+        return value
 
     @field_validator("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
     @classmethod
@@ -194,10 +245,21 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _no_default_credentials_in_production(self) -> Settings:
-        parts = urlsplit(self.rabbitmq_url)
-        if self.ENVIRONMENT == "production" and (parts.username, parts.password) == ("guest", "guest"):
+        if self.ENVIRONMENT == "production" and rabbitmq_credentials(self.rabbitmq_url) == (
+            RABBITMQ_DEFAULT_CREDENTIALS
+        ):
             raise ValueError(
-                "RABBITMQ_URL: the default guest/guest credentials are refused when ENVIRONMENT=production"
+                "RABBITMQ_URL: the default guest/guest credentials (also what a URL without "
+                "user:password@ logs in with) are refused when ENVIRONMENT=production"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _export_batch_fits_the_queue(self) -> Settings:
+        queue = self.OTEL_BSP_MAX_QUEUE_SIZE or DEFAULT_BSP_MAX_QUEUE_SIZE
+        if (self.OTEL_BSP_MAX_EXPORT_BATCH_SIZE or 0) > queue:
+            raise ValueError(
+                f"OTEL_BSP_MAX_EXPORT_BATCH_SIZE: must not exceed OTEL_BSP_MAX_QUEUE_SIZE ({queue})"
             )
         return self
 
@@ -217,6 +279,18 @@ class Settings(BaseSettings):
     def otlp_traces_protocol(self) -> OtlpProtocol:
         """The per-signal protocol variable wins over the general one, as in the SDK."""
         return self.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL or self.OTEL_EXPORTER_OTLP_PROTOCOL
+
+    @property
+    def otlp_traces_endpoint(self) -> str:
+        """Where spans go: the per-signal endpoint as given, else the general one plus
+        ``/v1/traces`` (OTLP/HTTP) or as given (gRPC), else the SDK's local default."""
+        if self.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT:
+            return self.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT
+        grpc = self.otlp_traces_protocol == "grpc"
+        base = self.OTEL_EXPORTER_OTLP_ENDPOINT or (
+            "http://localhost:4317" if grpc else "http://localhost:4318"
+        )
+        return base if grpc else f"{base.rstrip('/')}/v1/traces"
 
     @property
     def tracing_active(self) -> bool:
@@ -240,6 +314,45 @@ class Settings(BaseSettings):
             if shown[name]:
                 shown[name] = redact_url(shown[name])
         return shown
+
+
+def rabbitmq_credentials(url: str) -> tuple[str, str]:
+    """The user and password RabbitMQ sees for ``url``: percent-decoded, guest/guest if it names none.
+
+    >>> rabbitmq_credentials("amqp://guest:gu%65st@rabbit/%2F")
+    ('guest', 'guest')
+    >>> rabbitmq_credentials("amqp://rabbit/%2F")
+    ('guest', 'guest')
+    """
+    parts = urlsplit(url)
+    if not parts.username:
+        return RABBITMQ_DEFAULT_CREDENTIALS
+    return unquote(parts.username), unquote(parts.password or "")
+
+
+def _check_redis_database(parts: SplitResult) -> None:
+    """The database of a Redis URL (path ``/N`` or ``?db=N``) must be a number redis-py will use."""
+    path = unquote(parts.path)
+    from_path = path.removeprefix("/")
+    from_query = parse_qs(parts.query).get("db", [])
+    candidates = ([from_path] if from_path else []) + from_query[:1]
+    if len(from_query) > 1 or len(set(candidates)) > 1:
+        raise ValueError("the database is given more than once (path /N and ?db=N)")
+    for number in candidates:
+        if not number.isascii() or not number.isdigit() or int(number) > MAX_REDIS_DB:
+            raise ValueError(
+                f"the database (path /N or ?db=N) must be a number from 0 to {MAX_REDIS_DB}, "
+                "as in redis://host:6379/0"
+            )
+    from redis.connection import URL_QUERY_ARGUMENT_PARSERS  # imported here: only this check needs it
+
+    for name, values in parse_qs(parts.query).items():
+        parser = URL_QUERY_ARGUMENT_PARSERS.get(name)
+        try:
+            if parser is not None:
+                parser(values[0])
+        except (TypeError, ValueError):
+            raise ValueError(f"?{name}= has a value redis-py cannot use") from None
 
 
 def _describe(error: ErrorDetails) -> str:
