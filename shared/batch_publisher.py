@@ -13,15 +13,22 @@ mode from one batch to the next; it is replaced after any failure.
 If the connection drops, or RabbitMQ refuses (nacks) a message, ``publish``
 raises and keeps the messages that were not confirmed: calling it again sends
 only those. A message whose confirmation was lost with the connection may then
-arrive twice, with the same message id (at-least-once, as for ``send``).
+arrive twice, with the same message id (at-least-once, as for ``send``); at most
+``MAX_UNCONFIRMED`` messages are unconfirmed at any moment, so a drop duplicates
+at most that many.
 
->>> publisher = BatchPublisher(broker, messages)
+Every wait for confirmations ends by ``timeout`` + ``CONFIRM_TIMEOUT_SECONDS``
+after the first ``publish``: the caller retries for ``timeout``, and the last
+attempt may wait one confirm timeout more.
+
+>>> publisher = BatchPublisher(broker, messages, timeout=10.0)
 >>> publisher.publish()          # again after a ConnectionClosed: only the unconfirmed ones
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -46,14 +53,21 @@ MAX_POLL_SECONDS = 1.0
 class BatchPublisher:
     """Publishes ``messages`` in order; see the module docstring."""
 
-    def __init__(self, broker: RabbitmqBroker, messages: Sequence[dramatiq.Message[Any]]) -> None:
+    def __init__(
+        self, broker: RabbitmqBroker, messages: Sequence[dramatiq.Message[Any]], *, timeout: float = 0.0
+    ) -> None:
+        """``timeout``: how long after the first ``publish`` the caller may still retry."""
         self.broker = broker
         self.unconfirmed: list[dramatiq.Message[Any]] = list(messages)
+        self.timeout = timeout
+        self.give_up_at = math.inf  # set by the first publish
 
     def publish(self) -> None:
         """Publish every unconfirmed message; raises ConnectionClosed if some remain unconfirmed."""
         if not self.unconfirmed:
             return
+        if self.give_up_at == math.inf:
+            self.give_up_at = time.monotonic() + self.timeout + CONFIRM_TIMEOUT_SECONDS
         try:
             for queue in sorted({message.queue_name for message in self.unconfirmed}):
                 self.broker.declare_queue(queue, ensure=True)
@@ -69,17 +83,21 @@ class BatchPublisher:
             raise ConnectionClosed(error) from None
 
     def _publish_all(self, channel: Any, confirmed: Confirmations) -> None:
+        """Publish ``self.unconfirmed``, then keep only what RabbitMQ did not ack (also when
+        the connection drops half-way: what it acked is not sent again)."""
         messages = self.unconfirmed
         before = confirmed.published  # the channel's earlier batches used the tags up to here
         connection = channel.connection
-        for start in range(0, len(messages), CHUNK_SIZE):
-            chunk = messages[start : start + CHUNK_SIZE]
-            write_messages(self.broker, channel, chunk)
-            confirmed.published += len(chunk)
-            connection.process_data_events(time_limit=0)  # write the chunk, read the acks so far
-            confirmed.wait_for(confirmed.published - MAX_UNCONFIRMED)
-        confirmed.wait_for(confirmed.published)
-        self.unconfirmed = [messages[tag - before - 1] for tag in sorted(confirmed.refused) if tag > before]
+        try:
+            for start in range(0, len(messages), CHUNK_SIZE):
+                chunk = messages[start : start + CHUNK_SIZE]
+                confirmed.wait_for(confirmed.published + len(chunk) - MAX_UNCONFIRMED, self.give_up_at)
+                write_messages(self.broker, channel, chunk)
+                confirmed.published += len(chunk)
+                connection.process_data_events(time_limit=0)  # write the chunk, read the acks so far
+            confirmed.wait_for(confirmed.published, self.give_up_at)
+        finally:
+            self.unconfirmed = [m for tag, m in enumerate(messages, before + 1) if not confirmed.acked(tag)]
         if self.unconfirmed:
             raise pika.exceptions.AMQPChannelError(f"RabbitMQ refused {len(self.unconfirmed)} messages")
 
@@ -148,19 +166,24 @@ class Confirmations:
         channel._impl.confirm_delivery(ack_nack_callback=self._on_settled, callback=self._on_selected)
         self._wait(lambda: self._selected)
 
-    def wait_for(self, count: int) -> None:
+    def wait_for(self, count: int, give_up_at: float = math.inf) -> None:
         """Wait until the first ``count`` messages are settled."""
-        self._wait(lambda: self.highest >= count)
+        self._wait(lambda: self.highest >= count, give_up_at)
 
-    def _wait(self, done: Callable[[], bool]) -> None:
-        """Process the connection's events until ``done()``, for CONFIRM_TIMEOUT_SECONDS at most.
+    def acked(self, tag: int) -> bool:
+        """Whether RabbitMQ confirmed (acked, not nacked) the message with delivery ``tag``."""
+        return (tag <= self.highest or tag in self.settled) and tag not in self.refused
+
+    def _wait(self, done: Callable[[], bool], give_up_at: float = math.inf) -> None:
+        """Process the connection's events until ``done()``, for CONFIRM_TIMEOUT_SECONDS at most
+        and not past ``give_up_at`` (a ``time.monotonic()`` value).
 
         The confirmation callbacks run inside pika's I/O loop, below the
         blocking connection, which would keep waiting for its whole time limit
         after them; so the callback that makes ``done()`` true also schedules
         an empty timer, the event that ends ``process_data_events`` at once.
         """
-        deadline = time.monotonic() + CONFIRM_TIMEOUT_SECONDS
+        deadline = min(time.monotonic() + CONFIRM_TIMEOUT_SECONDS, give_up_at)
         self._awaited = done
         try:
             while not done():

@@ -129,7 +129,7 @@ class Producer:
         """
         contract = get_task(task)
         messages = [self._message(contract, kwargs) for kwargs in many_kwargs]
-        publisher = BatchPublisher(self.broker, messages)
+        publisher = BatchPublisher(self.broker, messages, timeout=self.settings.SEND_RETRY_TIMEOUT_SECONDS)
         tracing = self._tracing()
         with tracing.publishing_batch(contract.queue, len(messages)) if tracing else nullcontext():
             self._with_retries(f"a batch of {len(messages)}", publisher.publish)

@@ -5,20 +5,24 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import unquote, urlparse
 
 import dramatiq
+import pika
 import pytest
 from dramatiq.errors import ConnectionClosed
+from dramatiq.middleware import Middleware
 from opentelemetry.sdk.trace import TracerProvider
 
 from shared import batch_publisher
 from shared.batch_publisher import BatchPublisher
+from shared.errors import PublishError
 from shared.producer import Producer
-from shared.settings import Settings
-from tests.support import delete_queues, stop_rabbitmq_for, take_all
+from shared.settings import Settings, load_settings
+from tests.support import delete_queues, free_port, stop_rabbitmq_for, take_all
 
 FULL_QUEUE = "greenroom-test-full"
 
@@ -39,6 +43,61 @@ def _kept_channel(producer: Producer) -> tuple[Any, batch_publisher.Confirmation
 def _drain(rabbitmq_url: str, queue: str) -> list[int]:
     """Every payload in ``queue``, in order, removing them."""
     return [json.loads(body)["kwargs"]["payload"] for body in take_all(rabbitmq_url, queue)]
+
+
+def _vhost(rabbitmq_url: str) -> str:
+    return unquote(urlparse(rabbitmq_url).path.lstrip("/"))
+
+
+def _close_connections_of(vhost: str) -> int:
+    """Close every client connection to ``vhost`` (this session's own) with rabbitmqctl; how many."""
+    listed = subprocess.run(
+        ["rabbitmqctl", "-q", "list_connections", "--no-table-headers", "pid", "vhost"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    pids = [pid for pid, _, name in (line.partition("\t") for line in listed.splitlines()) if name == vhost]
+    for pid in pids:
+        subprocess.run(
+            ["rabbitmqctl", "-q", "close_connection", pid, "greenroom test: connection dropped"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+    return len(pids)
+
+
+def _payload_counts(rabbitmq_url: str, queue: str) -> Counter[int]:
+    """How often each payload is in ``queue``, removing the messages (a consumer, not a get each)."""
+    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
+    try:
+        channel = connection.channel()
+        channel.basic_qos(prefetch_count=1000)
+        counts: Counter[int] = Counter()
+        for method, _properties, body in channel.consume(queue, auto_ack=True, inactivity_timeout=2):
+            if method is None:
+                return counts
+            counts[json.loads(body)["kwargs"]["payload"]] += 1
+        return counts
+    finally:
+        connection.close()
+
+
+class _AtMessage(Middleware):
+    """Runs ``action`` in ``before_enqueue`` of the ``at``-th message published, on the publishing
+    thread (which waits for it); counts every publish, re-sends included."""
+
+    def __init__(self, *, at: int, action: Callable[[], object]) -> None:
+        self.at = at
+        self.action = action
+        self.published = 0
+
+    def before_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: Any) -> None:
+        self.published += 1
+        if self.published == self.at:
+            self.action()
 
 
 @pytest.fixture
@@ -169,3 +228,64 @@ def test_the_channel_of_a_closed_producer_is_forgotten(
     BatchPublisher(producer.broker, _messages("default", 1)).publish()  # opens a channel: looks around
 
     assert id(connection) not in batch_publisher._kept
+
+
+LARGE_BATCH = 30_000
+
+
+def test_a_connection_dropped_mid_batch_re_sends_only_what_was_not_confirmed(
+    producer: Producer, rabbitmq_url: str
+) -> None:
+    # Given: a batch whose producer connection RabbitMQ closes half-way through
+    producer.send_many("echo", [{"payload": -1}])  # the producer's connection exists
+    assert _payload_counts(rabbitmq_url, "default") == {-1: 1}
+    dropped: list[int] = []
+    hook = _AtMessage(
+        at=LARGE_BATCH // 2, action=lambda: dropped.append(_close_connections_of(_vhost(rabbitmq_url)))
+    )
+    producer.broker.add_middleware(hook)
+
+    # When
+    handles = producer.send_many("echo", [{"payload": n} for n in range(LARGE_BATCH)])
+
+    # Then: every message is there, and only the window unconfirmed at the drop came twice
+    assert dropped and dropped[0] >= 1
+    counts = _payload_counts(rabbitmq_url, "default")
+    duplicates = sum(counts.values()) - LARGE_BATCH
+    re_sent = hook.published - LARGE_BATCH
+    assert len(handles) == LARGE_BATCH
+    assert set(counts) == set(range(LARGE_BATCH))
+    assert 0 < re_sent <= batch_publisher.MAX_UNCONFIRMED + LARGE_BATCH // 2 - 1, re_sent
+    assert 0 <= duplicates <= min(re_sent, batch_publisher.MAX_UNCONFIRMED), (duplicates, re_sent)
+
+
+def test_send_many_gives_up_within_the_send_timeout_when_rabbitmq_stays_unreachable(
+    rabbitmq_url: str, redis_url: str, tracer_provider: TracerProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given: a producer that retries for 2 s, whose RabbitMQ drops it mid-batch and then refuses it
+    monkeypatch.setattr(batch_publisher, "CONFIRM_TIMEOUT_SECONDS", 2.0)
+    settings = load_settings(
+        _env_file=None, RABBITMQ_URL=rabbitmq_url, REDIS_URL=redis_url, SEND_RETRY_TIMEOUT_SECONDS=2
+    )
+    producer = Producer(settings, tracer_provider=tracer_provider)
+    closed_port = free_port()
+
+    def drop_and_refuse() -> None:
+        parameters = producer.broker.parameters
+        assert isinstance(parameters, pika.URLParameters)
+        parameters.port = closed_port  # every reconnect is refused from now on
+        _close_connections_of(_vhost(rabbitmq_url))
+
+    producer.broker.add_middleware(_AtMessage(at=5_000, action=drop_and_refuse))
+    try:
+        # When
+        started = time.monotonic()
+        with pytest.raises(PublishError, match="within 2s"):
+            producer.send_many("echo", [{"payload": n} for n in range(10_000)])
+        elapsed = time.monotonic() - started
+    finally:
+        producer.close()
+        _payload_counts(rabbitmq_url, "default")
+
+    # Then: retried for SEND_RETRY_TIMEOUT_SECONDS, plus at most one confirm wait
+    assert elapsed < settings.SEND_RETRY_TIMEOUT_SECONDS + batch_publisher.CONFIRM_TIMEOUT_SECONDS + 1.0
