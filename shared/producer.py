@@ -11,25 +11,32 @@
 {'x': 1}
 
 Arguments are validated against the task's contract first: a bad argument or
-an unknown task name raises and publishes nothing. With publisher confirms on
-(BROKER_CONFIRM_DELIVERY, the default) ``send`` returning means RabbitMQ has
-the message.
+an unknown task name raises and publishes nothing. Arguments are strict JSON:
+NaN, Infinity, strings that are not Unicode text (a lone surrogate) and
+integers too long to encode are refused with InvalidTaskArguments. With
+publisher confirms on (BROKER_CONFIRM_DELIVERY, the default) ``send`` returning
+means RabbitMQ has the message. Every error raised here is a GreenroomError.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import numbers
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
+import pika.exceptions
 import redis
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
-from dramatiq.errors import BrokerConnectionError
+from dramatiq.errors import BrokerConnectionError, DecodeError
 from dramatiq.results import ResultFailure
 from dramatiq.results import ResultTimeout as DramatiqResultTimeout
 from opentelemetry.trace import TracerProvider
@@ -38,17 +45,21 @@ from observability.tracing import Tracing
 from shared.batch_publisher import BatchPublisher
 from shared.broker import build_broker, build_result_backend
 from shared.errors import (
-    GreenroomError,
+    InvalidParameter,
+    InvalidSettings,
     InvalidTaskArguments,
     PublishError,
+    PublishRefused,
+    ResultRefused,
     ResultTimeout,
     ResultUnavailable,
     TaskFailed,
+    UnknownTask,
 )
 from shared.results import RedisResultBackend
-from shared.service_refusals import refusal_line
-from shared.settings import Settings, get_settings, redact_url
-from shared.tasks import TaskContract, get_task
+from shared.service_refusals import outage_line, redis_refusal_line, refusal_line
+from shared.settings import Settings, SettingsError, get_settings
+from shared.tasks import TASKS, TaskContract, get_task
 from shared.telemetry import ensure_producer_tracing
 
 #: How long TaskHandle.result() waits when no timeout is given, in seconds.
@@ -57,6 +68,9 @@ DEFAULT_RESULT_TIMEOUT = 10.0
 #: Backoff between publish attempts while RabbitMQ is unreachable.
 SEND_RETRY_FIRST_DELAY_SECONDS = 0.1
 SEND_RETRY_MAX_DELAY_SECONDS = 1.0
+
+#: Longest message id ``result_of`` accepts (Dramatiq's are 36-character UUIDs).
+MAX_MESSAGE_ID_CHARS = 255
 
 logger = logging.getLogger("greenroom.producer")
 
@@ -72,8 +86,10 @@ class TaskHandle:
     def result(self, timeout: float = DEFAULT_RESULT_TIMEOUT) -> Any:
         """Wait up to ``timeout`` seconds for the task's return value.
 
-        Raises TaskFailed if the task finally failed, ResultTimeout if nothing
-        arrived in time, ResultUnavailable if Redis could not be read.
+        ``timeout`` is a finite number of seconds, however long (0 or less: look
+        once). Raises TaskFailed if the task finally failed, ResultTimeout if
+        nothing arrived in time, ResultUnavailable if Redis could not be read,
+        InvalidParameter for a timeout that is not a finite number.
 
         >>> send("echo", payload="hi").result(timeout=0.5)
         'hi'
@@ -97,7 +113,13 @@ class Producer:
     ) -> None:
         """``tracer_provider``: where producer spans go; by default the process's global
         provider, which is created from the settings if the application has none."""
-        self.settings = settings or get_settings()
+        if settings is not None and not isinstance(settings, Settings):
+            raise InvalidParameter("settings", f"must be a Settings object, got {type(settings).__name__}")
+        if tracer_provider is not None and not isinstance(tracer_provider, TracerProvider):
+            raise InvalidParameter(
+                "tracer_provider", f"must be a TracerProvider, got {type(tracer_provider).__name__}"
+            )
+        self.settings = settings or _environment_settings()
         if tracer_provider is None:
             ensure_producer_tracing(self.settings)
         self.broker: RabbitmqBroker = build_broker(self.settings, "producer", tracer_provider)
@@ -109,7 +131,7 @@ class Producer:
         >>> producer.send("reports.build", report_id="q3", rows=10_000).message_id
         '0c1f5a3e-...'
         """
-        contract = get_task(task)
+        contract = _contract(task)
         message = self._message(contract, kwargs)
         self._publish(message)
         return TaskHandle(contract.name, message.message_id, self)
@@ -117,7 +139,8 @@ class Producer:
     def send_many(self, task: str, many_kwargs: Iterable[Mapping[str, Any]]) -> list[TaskHandle]:
         """Validate every item first, then publish them all; handles come back in order.
 
-        If one item is invalid, nothing is published. The batch goes out with
+        ``many_kwargs`` is an iterable of mappings (a list of dicts, say); if one
+        item is invalid, or not a mapping, nothing is published. The batch goes out with
         pipelined publisher confirms (not one round trip per message); it
         returns once RabbitMQ has confirmed every message, and rides out a
         broker outage like ``send``, re-sending only what was not confirmed.
@@ -127,13 +150,24 @@ class Producer:
         >>> [h.message_id for h in producer.send_many("echo", [{"payload": 1}, {"payload": 2}])]
         ['6b8e...', 'a41c...']
         """
-        contract = get_task(task)
-        messages = [self._message(contract, kwargs) for kwargs in many_kwargs]
-        publisher = BatchPublisher(self.broker, messages, timeout=self.settings.SEND_RETRY_TIMEOUT_SECONDS)
+        contract = _contract(task)
+        messages = [self._message(contract, kwargs) for kwargs in _batch(contract, many_kwargs)]
         tracing = self._tracing()
         with tracing.publishing_batch(contract.queue, len(messages)) if tracing else nullcontext():
-            self._with_retries(f"a batch of {len(messages)}", publisher.publish)
+            self.publish_confirmed(messages, f"a batch of {len(messages)}")
         return [TaskHandle(contract.name, m.message_id, self) for m in messages]
+
+    def publish_confirmed(self, messages: Sequence[dramatiq.Message[Any]], what: str) -> None:
+        """Publish ready-made ``messages`` with publisher confirms, whatever
+        BROKER_CONFIRM_DELIVERY says, riding out an outage like ``send_many``.
+
+        For callers that move existing messages (``greenroom dlq replay``);
+        tasks are sent with ``send`` and ``send_many``.
+
+        >>> producer.publish_confirmed([message], "message 6b8e...")
+        """
+        publisher = BatchPublisher(self.broker, messages, timeout=self.settings.SEND_RETRY_TIMEOUT_SECONDS)
+        self._with_retries(what, publisher.publish)
 
     def result_of(self, task: str, message_id: str, *, timeout: float = DEFAULT_RESULT_TIMEOUT) -> Any:
         """Wait up to ``timeout`` seconds for the result of a message sent earlier.
@@ -141,9 +175,11 @@ class Producer:
         >>> producer.result_of("echo", "6b8e...", timeout=2.5)
         1
         """
-        contract = get_task(task)
+        contract = _contract(task)
+        seconds = _timeout_seconds(timeout)
+        _check_message_id(message_id)
         if not contract.store_results:
-            raise GreenroomError(f"task {contract.name!r} does not store results")
+            raise InvalidParameter("task", f"task {contract.name!r} does not store results")
         key_message: dramatiq.Message[Any] = dramatiq.Message(
             queue_name=contract.queue,
             actor_name=contract.name,
@@ -153,14 +189,16 @@ class Producer:
             message_id=message_id,
         )
         try:
-            return self.backend.get_result(key_message, block=True, timeout=int(timeout * 1000))
+            return self.backend.get_result(key_message, block=True, timeout=seconds * 1000)
         except DramatiqResultTimeout:
-            raise ResultTimeout(contract.name, message_id, timeout) from None
-        except redis.AuthenticationError:
-            reason = f"REDIS_URL ({redact_url(self.settings.redis_url)}): Redis refused the login"
-            raise ResultUnavailable(contract.name, message_id, reason) from None
+            raise ResultTimeout(contract.name, message_id, seconds) from None
         except redis.RedisError as error:  # its messages name the host, never a password
-            raise ResultUnavailable(contract.name, message_id, f"{type(error).__name__}: {error}") from None
+            refused = redis_refusal_line(error, self.settings)
+            if refused is not None:
+                raise ResultRefused(contract.name, message_id, refused) from None
+            raise ResultUnavailable(contract.name, message_id, outage_line(error)) from None
+        except (DecodeError, KeyError, TypeError, ValueError):  # not what a worker stores
+            raise ResultUnavailable(contract.name, message_id, "the stored result is not valid") from None
         except ResultFailure as failure:
             raise TaskFailed(contract.name, message_id, failure.orig_exc_type, failure.orig_exc_msg) from None
 
@@ -170,12 +208,15 @@ class Producer:
         self.backend.client.close()
 
     def _message(self, contract: TaskContract, kwargs: Mapping[str, Any]) -> dramatiq.Message[Any]:
-        """A validated message; too large a one raises InvalidTaskArguments (MAX_MESSAGE_BYTES)."""
+        """A validated message; arguments that are not strict JSON, or too large a
+        message (MAX_MESSAGE_BYTES), raise InvalidTaskArguments."""
+        arguments = contract.validate(kwargs)
+        _check_strict_json(contract, arguments)
         message: dramatiq.Message[Any] = dramatiq.Message(
             queue_name=contract.queue,
             actor_name=contract.name,
             args=(),
-            kwargs=contract.validate(kwargs),
+            kwargs=arguments,
             options={},
         )
         size = len(message.encode())
@@ -206,17 +247,17 @@ class Producer:
             try:
                 publish()
                 return
-            except BrokerConnectionError as error:
+            except (BrokerConnectionError, pika.exceptions.AMQPError) as error:
                 self._abandon_span(error)
                 refused = refusal_line(error, self.settings)
                 if refused is not None:  # RabbitMQ refuses the settings: retrying cannot help
-                    raise PublishError(f"could not publish {what}: {refused}") from None
+                    raise PublishRefused(f"could not publish {what}: {refused}") from None
                 if time.monotonic() + delay > deadline:
                     raise PublishError(
                         f"could not publish {what} within "
-                        f"{self.settings.SEND_RETRY_TIMEOUT_SECONDS:g}s: {error}"
+                        f"{self.settings.SEND_RETRY_TIMEOUT_SECONDS:g}s: {outage_line(error)}"
                     ) from None
-                logger.warning("Publishing %s failed, retrying in %.2fs: %s", what, delay, error)
+                logger.warning("Publishing %s failed, retrying in %.2fs: %s", what, delay, outage_line(error))
                 time.sleep(delay)
                 delay = min(delay * 2, SEND_RETRY_MAX_DELAY_SECONDS)
 
@@ -227,6 +268,83 @@ class Producer:
 
     def _tracing(self) -> Tracing | None:
         return next((m for m in self.broker.middleware if isinstance(m, Tracing)), None)
+
+
+def _environment_settings() -> Settings:
+    try:
+        return get_settings()
+    except SettingsError as error:
+        raise InvalidSettings(str(error)) from None
+
+
+def _contract(task: object) -> TaskContract:
+    if not isinstance(task, str):
+        raise UnknownTask(task, list(TASKS))
+    return get_task(task)
+
+
+def _batch(contract: TaskContract, many_kwargs: object) -> Iterable[Mapping[str, Any]]:
+    """``many_kwargs`` item by item, each checked to be a mapping of keyword arguments."""
+    if isinstance(many_kwargs, (str, bytes, Mapping)) or not isinstance(many_kwargs, Iterable):
+        raise InvalidTaskArguments(
+            contract.name,
+            f"send_many takes an iterable of mappings (a list of dicts), got {type(many_kwargs).__name__}",
+        )
+    for number, kwargs in enumerate(many_kwargs):
+        if not isinstance(kwargs, Mapping):
+            raise InvalidTaskArguments(
+                contract.name,
+                f"item {number}: expected a mapping of keyword arguments, got {type(kwargs).__name__}",
+            )
+        yield kwargs
+
+
+def _check_strict_json(contract: TaskContract, arguments: Mapping[str, Any]) -> None:
+    """Refuse what json.dumps would write but a strict JSON reader refuses (NaN,
+    Infinity, lone surrogates), and what it cannot write (over-long integers)."""
+    try:
+        json.dumps(arguments, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidTaskArguments(
+            contract.name, "a string is not Unicode text (it holds a lone surrogate)"
+        ) from None
+    except ValueError as error:
+        raise InvalidTaskArguments(contract.name, _json_problem(error)) from None
+    except RecursionError:
+        raise InvalidTaskArguments(contract.name, "nested too deeply") from None
+
+
+def _json_problem(error: ValueError) -> str:
+    text = str(error)
+    if "JSON compliant" in text:
+        return "NaN and Infinity are not JSON numbers"
+    if "integer string conversion" in text:
+        return f"an integer is too long to encode (more than {sys.get_int_max_str_digits()} digits)"
+    return text.split(";")[0]
+
+
+def _timeout_seconds(timeout: object) -> float:
+    """``timeout`` as float seconds; a bool, a string, NaN or an infinity raises InvalidParameter."""
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+        raise InvalidParameter("timeout", f"must be a number of seconds, got {type(timeout).__name__}")
+    try:
+        seconds = float(timeout)
+    except (OverflowError, ValueError):
+        seconds = math.inf
+    if not math.isfinite(seconds):
+        raise InvalidParameter("timeout", f"must be a finite number of seconds, got {timeout!r:.40}")
+    return seconds
+
+
+def _check_message_id(message_id: object) -> None:
+    if not isinstance(message_id, str):
+        raise InvalidParameter("message_id", f"must be a string, got {type(message_id).__name__}")
+    if not 0 < len(message_id) <= MAX_MESSAGE_ID_CHARS:
+        raise InvalidParameter("message_id", f"must be 1 to {MAX_MESSAGE_ID_CHARS} characters long")
+    try:
+        message_id.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidParameter("message_id", "is not Unicode text (it holds a lone surrogate)") from None
 
 
 _default_producer: Producer | None = None

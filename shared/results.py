@@ -2,7 +2,9 @@
 
 Dramatiq's RedisBackend truncates blocking timeouts to whole seconds (0.5 s
 becomes "don't wait"). Redis has accepted fractional BRPOPLPUSH timeouts since
-6.0, so this backend passes them through.
+6.0, so this backend passes them through. redis-py gives every connection a
+socket timeout (5 s by default), which would cut a longer blocking read short:
+a long wait is made of reads that each end before the socket timeout.
 """
 
 from __future__ import annotations
@@ -18,6 +20,13 @@ from dramatiq.results.backends import RedisBackend
 
 #: Key prefix of stored results (keys are readable: NAMESPACE:queue:actor:message_id).
 RESULTS_NAMESPACE = "greenroom-results"
+
+#: Socket timeout of the Redis connections unless REDIS_URL sets one (redis-py's default).
+SOCKET_TIMEOUT_SECONDS = 5.0
+#: How much shorter than the connection's socket timeout one blocking read is.
+SOCKET_TIMEOUT_MARGIN_SECONDS = 1.0
+#: The longest single blocking read when the connection has no socket timeout.
+MAX_BLOCKING_READ_SECONDS = 60.0
 
 #: Backoff between attempts to store a result while Redis is unreachable.
 STORE_RETRY_FIRST_DELAY_SECONDS = 0.2
@@ -40,7 +49,10 @@ class RedisResultBackend(RedisBackend):  # type: ignore[misc]
     """
 
     def __init__(self, *, url: str, store_retry_seconds: float = 0.0) -> None:
-        super().__init__(url=url, namespace=RESULTS_NAMESPACE, use_namespace_prefix_keys=True)
+        # Explicit, so that the socket timeout the blocking reads must stay under is known.
+        pool = redis.ConnectionPool.from_url(url, socket_timeout=SOCKET_TIMEOUT_SECONDS)
+        client = redis.Redis(connection_pool=pool)
+        super().__init__(client=client, namespace=RESULTS_NAMESPACE, use_namespace_prefix_keys=True)
         self.store_retry_seconds = store_retry_seconds
 
     def _store(self, message_key: str, result: Any, ttl: int) -> None:
@@ -65,14 +77,35 @@ class RedisResultBackend(RedisBackend):  # type: ignore[misc]
         self, message: dramatiq.Message[Any], *, block: bool = False, timeout: int | None = None
     ) -> Any:
         key = self.build_message_key(message)
-        if not block:
+        if block:
+            data = self._wait_for(key, (10_000 if timeout is None else timeout) / 1000)
+            if data is None:
+                raise ResultTimeout(message)
+        else:
             data = self.client.lindex(key, 0)
             if data is None:
                 raise ResultMissing(message)
-        else:
-            seconds = (10_000 if timeout is None else timeout) / 1000
-            # Redis treats 0 as "block forever"; a non-positive timeout means "look once".
-            data = self.client.brpoplpush(key, key, seconds) if seconds > 0 else self.client.lindex(key, 0)
-            if data is None:
-                raise ResultTimeout(message)
         return self.unwrap_result(self.encoder.decode(data))
+
+    def _wait_for(self, key: str, seconds: float) -> bytes | None:
+        """The stored result at ``key``, waiting up to ``seconds`` (a non-positive
+        wait looks once); None if none came in time."""
+        deadline = time.monotonic() + seconds
+        longest = self._longest_read()
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return self.client.lindex(key, 0)  # type: ignore[no-any-return]
+            # Redis treats 0 as "block forever": every read here blocks for a bounded time.
+            data = self.client.brpoplpush(key, key, max(0.001, min(remaining, longest)))
+            if data is not None:
+                return data  # type: ignore[no-any-return]
+
+    def _longest_read(self) -> float:
+        socket_timeout = self.client.connection_pool.connection_kwargs.get("socket_timeout")
+        if socket_timeout is None:
+            return MAX_BLOCKING_READ_SECONDS
+        socket_timeout = float(socket_timeout)
+        if socket_timeout > 2 * SOCKET_TIMEOUT_MARGIN_SECONDS:
+            return min(MAX_BLOCKING_READ_SECONDS, socket_timeout - SOCKET_TIMEOUT_MARGIN_SECONDS)
+        return socket_timeout / 2

@@ -14,6 +14,9 @@ with one line that names the setting and says what to do.
 >>> check_services(settings, ["default"], stores_results=True)   # None, or the line to print
 "RABBITMQ_URL (amqp://app:***@rabbit:5672/prod): RabbitMQ refused the login ..."
 >>> refusal_line(error, settings)                # for an error from a publish
+>>> redis_refusal_line(error, settings)          # for an error from Redis
+>>> outage_line(error)                           # what went wrong when nothing refused
+"ConnectionRefusedError: [Errno 111] Connection refused"
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from collections.abc import Iterable, Iterator
 
 import pika
 import pika.exceptions
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
 from shared.queue_arguments import PRECONDITION_FAILED, dead_letter_mismatch, explain_refusal
 from shared.settings import Settings, redact_url
@@ -33,6 +37,10 @@ CHECK_TIMEOUT_SECONDS = 5.0
 
 #: RabbitMQ's reply code for an operation the user has no permission for.
 ACCESS_REFUSED = 403
+
+#: What opening a connection to RabbitMQ raises when it fails: pika's errors, a name
+#: that does not resolve (socket.gaierror), a stalled handshake (AMQPConnectorStackTimeout).
+CONNECTION_ERRORS = (pika.exceptions.AMQPError, AMQPConnectorException, OSError)
 
 
 def check_services(settings: Settings, queues: Iterable[str], *, stores_results: bool) -> str | None:
@@ -53,7 +61,7 @@ def _rabbitmq_refusal(settings: Settings, queues: Iterable[str]) -> str | None:
     with _quiet_pika():
         try:
             connection = pika.BlockingConnection(parameters)
-        except pika.exceptions.AMQPError as error:
+        except CONNECTION_ERRORS as error:
             return refusal_line(error, settings)
         try:
             return dead_letter_mismatch(connection, queues, settings.DEAD_LETTER_TTL_SECONDS)
@@ -88,21 +96,52 @@ def refusal_line(error: BaseException, settings: Settings) -> str | None:
     return None
 
 
+def redis_refusal_line(error: BaseException, settings: Settings) -> str | None:
+    """The line for a redis-py ``error`` that is Redis refusing REDIS_URL (its login,
+    its database number); None for anything else, an outage included."""
+    import redis.exceptions  # already imported by whoever has a redis error
+
+    where = f"REDIS_URL ({redact_url(settings.redis_url)})"
+    if isinstance(error, redis.AuthenticationError):
+        return f"{where}: Redis refused the login: check the user name and password"
+    if isinstance(error, redis.exceptions.NoPermissionError) or (
+        isinstance(error, redis.ResponseError) and "DB index" in str(error)
+    ):
+        return f"{where}: Redis refused it: {error}"
+    return None
+
+
+def outage_line(error: BaseException) -> str:
+    """One line saying why a connection failed, from the innermost cause pika or
+    redis-py wrapped (pika's own wrappers often have no text of their own)."""
+    cause = _innermost(error)
+    text = " ".join(str(cause).split()) or " ".join(str(error).split())
+    return f"{type(cause).__name__}: {text}" if text else type(cause).__name__
+
+
+def _innermost(error: BaseException) -> BaseException:
+    for _ in range(10):  # bounded: a wrapper never nests deeper than a few levels
+        inner = getattr(error, "message", None)  # Dramatiq's ConnectionClosed keeps pika's error there
+        if not isinstance(inner, BaseException):
+            inner = next((arg for arg in error.args if isinstance(arg, BaseException)), None)
+        if inner is None:
+            inner = getattr(error, "exception", None)  # pika's connector errors
+        if not isinstance(inner, BaseException):
+            return error
+        error = inner
+    return error
+
+
 def _redis_refusal(settings: Settings) -> str | None:
     import redis  # imported here: 0.18 s, and only workers whose tasks store results need it
 
     client = redis.Redis.from_url(
         settings.redis_url, socket_connect_timeout=CHECK_TIMEOUT_SECONDS, socket_timeout=CHECK_TIMEOUT_SECONDS
     )
-    where = f"REDIS_URL ({redact_url(settings.redis_url)})"
     try:
         client.ping()
-    except redis.AuthenticationError:
-        return f"{where}: Redis refused the login: check the user name and password"
-    except redis.ResponseError as error:  # a database number past the server's count, say
-        return f"{where}: Redis refused it: {error}"
-    except redis.RedisError:
-        return None
+    except redis.RedisError as error:  # a login, a database number past the server's count
+        return redis_refusal_line(error, settings)
     finally:
         client.close()
     return None
