@@ -1,15 +1,16 @@
 """The health and metrics server of one ``greenroom worker`` (one per process type).
 
-It runs in a helper process that Dramatiq forks next to the worker processes
-and serves exactly three endpoints:
+It runs in a thread of the worker master (the process that starts the worker
+processes and waits for them), so it lives exactly as long as they do, and
+serves exactly three endpoints:
 
 - ``/metrics``: every worker process's metrics merged (Prometheus text format,
   or OpenMetrics with exemplars when the scraper asks for it), plus
   ``greenroom_queue_messages`` read from RabbitMQ and ``greenroom_build_info``;
-- ``/healthz``: 200 while the worker master and every registered worker
-  process are alive (liveness);
+- ``/healthz``: 200 while every registered worker process is alive (liveness);
 - ``/readyz``: 200 once every expected worker process is consuming, 503 before
-  that and from the moment a SIGTERM arrives (readiness).
+  that, once a worker process has lost a worker or consumer thread, and from
+  the moment a worker process starts its shutdown (readiness).
 
 Anything else is 404; only GET (and HEAD) are answered.
 """
@@ -17,15 +18,12 @@ Anything else is 404; only GET (and HEAD) are answered.
 from __future__ import annotations
 
 import logging
-import os
-import signal
+import sys
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from prometheus_client import CollectorRegistry, multiprocess
@@ -40,7 +38,7 @@ from observability.worker_registry import WorkerRegistry, pid_alive
 
 logger = logging.getLogger("greenroom.exposition")
 
-#: How often the helper process checks whether it should exit.
+#: How often the server thread checks whether every worker process has registered.
 WATCH_INTERVAL_SECONDS = 0.2
 
 
@@ -120,20 +118,21 @@ class Health:
 
     workers: WorkerRegistry
     expected_processes: int
-    master_pid: int
-    stopping: threading.Event
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     def liveness(self) -> tuple[bool, str]:
-        if not pid_alive(self.master_pid) or os.getppid() != self.master_pid:
-            return False, "worker master is gone"
         dead = self.workers.dead()
         if dead:
             return False, f"worker processes died: {dead}"
         return True, "ok"
 
     def readiness(self) -> tuple[bool, str]:
-        if self.stopping.is_set():
+        if self.stopping.is_set() or self.workers.stopping():
+            self.stopping.set()  # a shutdown, once begun, is never undone
             return False, "shutting down"
+        problems = self.workers.problems()
+        if problems:
+            return False, "; ".join(f"worker process {pid}: {reason}" for pid, reason in problems.items())
         ready = len(self.workers.ready())
         if ready < self.expected_processes:
             return False, f"{ready} of {self.expected_processes} worker processes consuming"
@@ -148,7 +147,60 @@ def build_registry(directory: Path, queue_reader: QueueDepthReader, version: str
     return registry
 
 
-def make_server(host: str, port: int, registry: CollectorRegistry, health: Health) -> ThreadingHTTPServer:
+#: Seconds a connection may take to send its request and read the answer.
+CONNECTION_TIMEOUT_SECONDS = 10.0
+#: Connections answered at once; more are closed as they arrive.
+MAX_CONNECTIONS = 32
+
+
+class ExpositionServer(ThreadingHTTPServer):
+    """A thread per connection, at most ``max_connections`` of them, each bounded in time.
+
+    Errors of a connection are log lines (one JSON line each), never
+    socketserver's traceback on stderr; a client that hangs up is no error.
+    """
+
+    daemon_threads = True
+    request_queue_size = 128
+
+    def __init__(
+        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_connections: int
+    ) -> None:
+        self._slots = threading.BoundedSemaphore(max_connections)
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # all slots taken: close it rather than queue a thread
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            return  # the client hung up or went quiet
+        logger.error("Could not answer a request from %s.", client_address[0], exc_info=True)
+
+
+def make_server(
+    host: str,
+    port: int,
+    registry: CollectorRegistry,
+    health: Health,
+    *,
+    timeout: float = CONNECTION_TIMEOUT_SECONDS,
+    max_connections: int = MAX_CONNECTIONS,
+) -> ExpositionServer:
     """An HTTP server answering /metrics, /healthz and /readyz only."""
 
     class Handler(BaseHTTPRequestHandler):
@@ -178,42 +230,34 @@ def make_server(host: str, port: int, registry: CollectorRegistry, health: Healt
                 self.wfile.write(body)
 
         def log_message(self, format: str, *args: Any) -> None:
-            """Scrapes and probes are not worth a log line each."""
+            """Scrapes, probes and timed-out connections are not worth a log line each."""
 
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    return server
+    Handler.timeout = timeout  # StreamRequestHandler applies it to the connection's socket
+    return ExpositionServer((host, port), Handler, max_connections)
 
 
-def serve_until_workers_stop(server: ThreadingHTTPServer, health: Health) -> int:
-    """Serve until the worker processes are gone after a SIGTERM (or the master dies).
+def serve_while_workers_run(
+    bind: Callable[[], ExpositionServer | None], health: Health, stop: threading.Event
+) -> None:
+    """Bind once every expected worker process has registered, then serve until ``stop``.
 
-    The first SIGTERM (Dramatiq's master forwards it) turns readiness off while
-    the worker processes drain; the server then exits once none is left. A
-    second SIGTERM exits at once.
+    Runs in a thread of the worker master, which outlives its worker processes:
+    the endpoints answer as long as any of them runs. Binding after the worker
+    processes exist keeps the listening socket out of their (forked) files.
     """
-
-    def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        if health.stopping.is_set():
-            raise SystemExit(0)
-        health.stopping.set()
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-    thread = threading.Thread(target=server.serve_forever, name="greenroom-exposition", daemon=True)
+    while len(health.workers.states()) < health.expected_processes:
+        if stop.wait(WATCH_INTERVAL_SECONDS):
+            return
+    server = bind()
+    if server is None:  # could not bind: ``bind`` said why
+        return
+    thread = threading.Thread(target=server.serve_forever, name="greenroom-exposition-accept", daemon=True)
     thread.start()
     try:
-        while not _should_exit(health):
-            time.sleep(WATCH_INTERVAL_SECONDS)
+        stop.wait()
     finally:
         server.shutdown()
         server.server_close()
-    return 0
-
-
-def _should_exit(health: Health) -> bool:
-    if os.getppid() != health.master_pid:
-        return True
-    return health.stopping.is_set() and not health.workers.live()
 
 
 def prepare_directory(directory: Path) -> None:
@@ -226,6 +270,3 @@ def prepare_directory(directory: Path) -> None:
 
 def _files_below(directory: Path) -> Iterable[Path]:
     return [p for p in directory.rglob("*") if p.is_file()]
-
-
-ServeFunction = Callable[[], int]

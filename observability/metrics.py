@@ -15,6 +15,12 @@ before it is imported; ``greenroom worker`` does this). The families
 ``greenroom_queue_messages`` and ``greenroom_build_info`` are produced at
 scrape time by :mod:`observability.exposition`.
 
+The middleware also watches its process's threads: ``greenroom_worker_capacity``
+counts only live worker threads, and a worker or consumer thread that died
+marks the process degraded (``/readyz`` fails, one CRITICAL line). At shutdown
+it logs the message ids that RabbitMQ will redeliver: tasks still running at
+the shutdown deadline and prefetched ones never started.
+
 The middleware belongs before Retries in the broker's list (its after-hooks
 then see whether a failed message will retry or is dead-lettered).
 """
@@ -39,9 +45,13 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from observability.exemplars import ExemplarStore
 from observability.histogram_tally import HistogramTally
-from observability.worker_registry import READY, STOPPING, WorkerRegistry
+from observability.worker_registry import READY, STOPPING, WorkerRegistry, degraded
 
 logger = logging.getLogger("greenroom.metrics")
+worker_logger = logging.getLogger("greenroom.worker")
+
+#: Message ids named in one shutdown line at most (the count is always complete).
+MAX_IDS_LOGGED = 100
 
 #: Seconds between applying a worker process's noted task figures to its metric files.
 FLUSH_INTERVAL_SECONDS = 0.1
@@ -159,6 +169,9 @@ class Metrics(Middleware):
         self._flushing = threading.Lock()
         self._stop_flusher = threading.Event()
         self._flusher: threading.Thread | None = None
+        self._worker: dramatiq.Worker | None = None
+        self._threads_shown: tuple[int, tuple[str, ...]] | None = None
+        self._unstarted: list[str] | None = None
 
     @property
     def forks(self) -> list[Callable[[], int]]:
@@ -167,6 +180,9 @@ class Metrics(Middleware):
     # Worker lifecycle ----------------------------------------------------------------
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self._worker = worker
+        self._threads_shown = None
+        self._unstarted = None
         CAPACITY.set(worker.worker_threads)
         # Start every outcome of every actor at 0: rate() cannot see the first
         # increment of a series that appears with value 1.
@@ -185,10 +201,20 @@ class Metrics(Middleware):
             self.worker_registry.mark(os.getpid(), READY)
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self._worker = None  # threads now stop on purpose: no longer watched
         if self.worker_registry is not None:
             self.worker_registry.mark(os.getpid(), STOPPING)
 
+    def before_consumer_thread_shutdown(self, broker: dramatiq.Broker, thread: Any) -> None:
+        """The first consumer to stop sees what the stopped worker threads left on the work queue."""
+        work_queue = getattr(thread, "work_queue", None)
+        if self._unstarted is not None or work_queue is None:
+            return
+        with work_queue.mutex:
+            self._unstarted = [item.message.message_id for item in work_queue.queue]
+
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self._log_redelivered()
         self._stop_flusher.set()
         if self._flusher is not None:
             self._flusher.join(timeout=5)
@@ -214,7 +240,9 @@ class Metrics(Middleware):
         ready_at = message.options.get(READY_AT_OPTION) or message.message_timestamp
         span_context = trace.get_current_span().get_span_context() if self.exemplars is not None else None
         self._note(_Waited(series, max(0.0, self.clock() - ready_at / 1000), span_context))
-        self._started[threading.get_ident()] = _Started(time.perf_counter(), series, span_context)
+        self._started[threading.get_ident()] = _Started(
+            time.perf_counter(), series, span_context, message.message_id
+        )
 
     def after_process_message(
         self,
@@ -319,15 +347,73 @@ class Metrics(Middleware):
     def _flush_every_interval(self) -> None:
         while not self._stop_flusher.wait(self.flush_interval):
             try:
+                self.watch_threads()
                 self.flush()
             except Exception:  # a full disk must not end metrics for good
                 logger.exception("Could not update the worker's metrics.")
+
+    # Threads and shutdown ------------------------------------------------------------
+
+    def watch_threads(self) -> None:
+        """Count live worker threads into the capacity gauge; mark the process degraded
+        once a worker or consumer thread has died (Dramatiq never restarts them)."""
+        worker = self._worker
+        if worker is None:
+            return
+        live = sum(thread.is_alive() for thread in worker.workers)
+        dead_consumers = tuple(
+            sorted(queue for queue, thread in worker.consumers.items() if not thread.is_alive())
+        )
+        shown = (live, dead_consumers)
+        if shown == self._threads_shown:
+            return
+        self._threads_shown = shown
+        CAPACITY.set(live)
+        lost = len(worker.workers) - live
+        if not lost and not dead_consumers:
+            return
+        reason = _lost_threads(lost, len(worker.workers), dead_consumers)
+        worker_logger.critical("Worker process lost threads: %s; it is no longer ready (restart it).", reason)
+        if self.worker_registry is not None and self._worker is not None:
+            self.worker_registry.mark(os.getpid(), degraded(reason))
+
+    def _log_redelivered(self) -> None:
+        running = [started.message_id for started in list(self._started.values())]
+        if running:
+            worker_logger.warning(
+                "%d tasks still running at the shutdown deadline are abandoned: RabbitMQ redelivers them.",
+                len(running),
+                extra=_ids(running),
+            )
+        unstarted, self._unstarted = self._unstarted or [], None
+        if unstarted:
+            worker_logger.info(
+                "%d prefetched messages were returned to RabbitMQ unstarted.",
+                len(unstarted),
+                extra=_ids(unstarted),
+            )
+
+
+def _lost_threads(lost: int, threads: int, dead_consumers: tuple[str, ...]) -> str:
+    parts = [f"{lost} of {threads} worker threads died"] if lost else []
+    if dead_consumers:
+        parts.append(f"the consumer of {', '.join(dead_consumers)} died")
+    return ", ".join(parts)
+
+
+def _ids(message_ids: list[str]) -> dict[str, Any]:
+    """The ``message_ids`` field of a shutdown line: at most MAX_IDS_LOGGED of them."""
+    fields: dict[str, Any] = {"message_ids": message_ids[:MAX_IDS_LOGGED]}
+    if len(message_ids) > MAX_IDS_LOGGED:
+        fields["message_ids_not_shown"] = len(message_ids) - MAX_IDS_LOGGED
+    return fields
 
 
 class _Started(NamedTuple):
     at: float  # perf_counter()
     series: _Series
     span_context: SpanContext | None
+    message_id: str
 
 
 class _Waited(NamedTuple):

@@ -1,10 +1,11 @@
 """Which worker processes of one ``greenroom worker`` are up and consuming.
 
 Each worker process keeps a marker file named after its pid: ``ready`` once
-it consumes, ``stopping`` from the start of its shutdown, removed once it has
-shut down. The health server reads the markers: liveness = no registered
-process has died; readiness = as many ``ready`` processes as expected, and no
-shutdown under way.
+it consumes, ``degraded`` (with the reason on the next line) once one of its
+worker or consumer threads has died, ``stopping`` from the start of its
+shutdown, removed once it has shut down. The health server reads the markers:
+liveness = no registered process has died; readiness = as many ``ready``
+processes as expected, none degraded, and no shutdown under way.
 
 >>> registry = WorkerRegistry(Path("/tmp/greenroom/metrics/default-9300/workers"))
 >>> registry.mark(os.getpid(), READY)
@@ -32,6 +33,12 @@ def pid_alive(pid: int) -> bool:
 
 READY = "ready"
 STOPPING = "stopping"
+DEGRADED = "degraded"
+
+
+def degraded(reason: str) -> str:
+    """The marker of a process that lost threads, with the reason."""
+    return f"{DEGRADED}\n{reason}"
 
 
 class WorkerRegistry:
@@ -60,6 +67,17 @@ class WorkerRegistry:
 
     def ready(self) -> list[int]:
         return sorted(pid for pid, state in self.states().items() if state == READY and pid_alive(pid))
+
+    def stopping(self) -> list[int]:
+        return sorted(pid for pid, state in self.states().items() if state == STOPPING)
+
+    def problems(self) -> dict[int, str]:
+        """The reasons of live processes that marked themselves degraded, by pid."""
+        return {
+            pid: state.partition("\n")[2]
+            for pid, state in sorted(self.states().items())
+            if state.startswith(DEGRADED) and pid_alive(pid)
+        }
 
     def live(self) -> list[int]:
         return sorted(pid for pid in self.states() if pid_alive(pid))

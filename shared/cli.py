@@ -18,7 +18,7 @@ from typing import Any, Literal
 from shared.errors import GreenroomError, InvalidTaskArguments, UnknownTask
 from shared.logging import configure_logging
 from shared.settings import Settings, SettingsError, load_settings, redact_url
-from shared.worker_metrics import port_in_use, prepare_metrics_directory
+from shared.worker_metrics import metrics_settings_problem, prepare_metrics_directory, serving_metrics
 
 logger = logging.getLogger("greenroom")
 
@@ -205,12 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     """Run Dramatiq's own CLI in this process, so signals reach its master directly."""
     settings = _export_worker_settings(args, settings)
-    if port_in_use(settings.METRICS_HOST, settings.metrics_port):
-        print(
-            f"greenroom: error: METRICS_PORT {settings.metrics_port} on {settings.METRICS_HOST} is in use "
-            "(another worker? give each process type its own METRICS_PORT or $PORT)",
-            file=sys.stderr,
-        )
+    if (metrics_problem := metrics_settings_problem(settings)) is not None:
+        print(f"greenroom: error: {metrics_problem}", file=sys.stderr)
         return EXIT_USAGE
     from shared.service_refusals import check_services  # imported here: only this command needs it
     from shared.tasks import TASKS
@@ -256,7 +252,8 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     )
     # Dramatiq's master writes its children's log lines to sys.stderr; logs belong on stdout.
     sys.stderr = sys.stdout
-    exit_code: int = dramatiq.cli.main(dramatiq_args)
+    with serving_metrics(settings):  # /metrics, /healthz, /readyz for as long as worker processes run
+        exit_code: int = dramatiq.cli.main(dramatiq_args)
     logger.info("greenroom worker stopped", extra={"exit_code": exit_code})
     return exit_code
 

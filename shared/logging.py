@@ -9,11 +9,15 @@ Every line carries ``timestamp`` (UTC, ISO 8601), ``level``, ``logger`` and
 ``retries`` (added by :class:`observability.task_logging.TaskContextFilter`);
 inside a traced task or send also ``trace_id`` and ``span_id``.
 An exception is the ``exc_info`` field of the same object, never loose lines.
-Passwords inside URLs are masked in every line.
+Passwords inside URLs are masked in every line. No line is longer than
+``MAX_LINE_BYTES``: longer fields are cut, with a marker saying how long they were.
+Errors of logging itself, uncaught exceptions (in any thread) and exceptions
+Python can only ignore are JSON lines too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -32,17 +36,28 @@ from pythonjsonlogger.json import JsonEncoder, JsonFormatter
 from observability.task_logging import TaskContextFilter
 from observability.tracing import TraceContextFilter
 
-#: Matches the password of a URL's userinfo (scheme://user:PASSWORD@host).
-_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)[^@\s/]+@")
+#: Matches the password of a URL's userinfo (scheme://user:PASSWORD@host): everything up
+#: to the last ``@`` before the next whitespace, so a password holding ``@``, ``/``, ``?``,
+#: ``#`` or ``:`` is masked whole (a URL with a raw ``@`` further on is masked up to it).
+_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)(?:[^\s@]*@)+")
 
 
 CONSOLE_FORMAT = "%(asctime)s %(levelname)-8s %(name)s: %(message)s"
 
+#: No JSON line (UTF-8, without its newline) is longer than this.
+MAX_LINE_BYTES = 16 * 1024 - 1
+#: Characters of a field kept when a line is too long: the message, a traceback, anything else.
+MESSAGE_CHARS, EXC_INFO_CHARS, FIELD_CHARS = 4096, 8192, 1024
+#: Fields every line keeps whole.
+_CORE_FIELDS = ("timestamp", "level", "logger")
+
 
 def mask_secrets(text: str) -> str:
-    """Mask passwords inside URLs.
+    """Mask passwords inside URLs, whatever characters they hold.
 
     >>> mask_secrets("connect amqp://app:pw@rabbit:5672 failed")
+    'connect amqp://app:***@rabbit:5672 failed'
+    >>> mask_secrets("connect amqp://app:p@ss/w?o#rd@rabbit:5672 failed")
     'connect amqp://app:***@rabbit:5672 failed'
     """
     if "://" not in text:  # most lines: skip the regular expression
@@ -69,6 +84,9 @@ class _SecretMaskingJsonFormatter(JsonFormatter):
         self._not_extra = frozenset(RESERVED_ATTRS)
 
     def format(self, record: logging.LogRecord) -> str:
+        return bounded_line(self._format_masked(record))
+
+    def _format_masked(self, record: logging.LogRecord) -> str:
         if isinstance(record.msg, dict) or record.exc_info or record.exc_text or record.stack_info:
             return mask_secrets(super().format(record))
         record.message = record.getMessage()
@@ -83,6 +101,59 @@ class _SecretMaskingJsonFormatter(JsonFormatter):
         if scalars and _encode_scalars is not None:
             return mask_secrets("".join(_encode_scalars(line, 0)))
         return mask_secrets(_ENCODER.encode(line))
+
+
+def bounded_line(line: str) -> str:
+    """``line`` (one JSON object) as is if it fits MAX_LINE_BYTES, else with its long fields cut.
+
+    >>> len(bounded_line(json.dumps({"level": "INFO", "message": "x" * 100_000})))
+    4163
+    """
+    if (
+        len(line) * 4 <= MAX_LINE_BYTES or len(line.encode()) <= MAX_LINE_BYTES
+    ):  # UTF-8: 4 bytes a character at most
+        return line
+    try:
+        fields = json.loads(line)
+    except ValueError:
+        fields = {"message": line}
+    if not isinstance(fields, dict):
+        fields = {"message": fields}
+    for share in (1, 4, 16, 64):
+        shortened = _ENCODER.encode({key: _shortened(key, value, share) for key, value in fields.items()})
+        if len(shortened.encode()) <= MAX_LINE_BYTES:
+            return shortened
+    core = {key: fields[key] for key in _CORE_FIELDS if key in fields}
+    return _ENCODER.encode({**core, "message": _cut(str(fields.get("message", "")), 256)})
+
+
+def _shortened(key: str, value: Any, share: int) -> Any:
+    if key in _CORE_FIELDS:
+        return value
+    if key == "exc_info" and isinstance(value, str):
+        return _cut_middle(value, EXC_INFO_CHARS // share)
+    limit = (MESSAGE_CHARS if key == "message" else FIELD_CHARS) // share
+    if isinstance(value, str):
+        return _cut(value, limit)
+    if isinstance(value, (dict, list)):
+        text = _ENCODER.encode(value)
+        return value if len(text) <= limit else _cut(text, limit)
+    return value
+
+
+def _cut(text: str, limit: int) -> str:
+    """The first ``limit`` characters of ``text``, and a marker if that is not all of it."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... [cut: {len(text)} characters in all]"
+
+
+def _cut_middle(text: str, limit: int) -> str:
+    """A traceback's first quarter and last three quarters of ``limit`` (the exception is at its end)."""
+    if len(text) <= limit:
+        return text
+    head, tail = limit // 4, limit - limit // 4
+    return f"{text[:head]}\n... [cut: {len(text)} characters in all] ...\n{text[-tail:]}"
 
 
 class _SecretMaskingConsoleFormatter(logging.Formatter):
@@ -134,6 +205,16 @@ class CurrentStreamHandler(logging.StreamHandler[TextIO]):
     @stream.setter
     def stream(self, value: TextIO) -> None:
         """Ignored: the stream is always the current sys.stdout or sys.stderr."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        """One JSON line on the stream instead of logging's multi-line ``--- Logging error ---`` block."""
+        if not logging.raiseExceptions:
+            return
+        error = sys.exc_info()[1]
+        line = logging_error_line(record, error)
+        with contextlib.suppress(Exception):  # the stream itself is broken: nowhere left to say so
+            self.stream.write(line + self.terminator)
+            self.stream.flush()
 
     def handle(self, record: logging.LogRecord) -> bool:
         """As Handler.handle, but while batching a line is formatted outside the lock
@@ -217,9 +298,12 @@ class CurrentStreamHandler(logging.StreamHandler[TextIO]):
         try:
             stream.write(chunk)
             stream.flush()
-        except Exception:  # as Handler.handleError would, without a record to name
+        except Exception as error:  # as Handler.handleError would, without a record to name
             if logging.raiseExceptions and sys.__stderr__ is not None:
-                sys.__stderr__.write(f"greenroom: could not write {chunk.count(chr(10))} log lines\n")
+                record = logging.makeLogRecord(
+                    {"msg": f"{chunk.count(chr(10))} log lines", "name": "greenroom"}
+                )
+                sys.__stderr__.write(logging_error_line(record, error) + "\n")
 
     def _lines(self, waiting: list[str | logging.LogRecord]) -> Iterator[str]:
         for line in waiting:
@@ -230,6 +314,19 @@ class CurrentStreamHandler(logging.StreamHandler[TextIO]):
                 yield self.format(line) + self.terminator
             except Exception:
                 self.handleError(line)
+
+
+def logging_error_line(record: logging.LogRecord, error: BaseException | None) -> str:
+    """The JSON line saying that ``record`` could not be formatted or written, and why."""
+    what = f"{type(error).__name__}: {error}" if error is not None else "unknown error"
+    line = {
+        "level": "ERROR",
+        "logger": "greenroom.logging",
+        "message": mask_secrets(_cut(f"Could not write a log line of {record.name}: {what}", 1024)),
+        "record_message": mask_secrets(_cut(str(record.msg), 1024)),
+        "timestamp": _iso_utc(record.created),
+    }
+    return bounded_line(_ENCODER.encode(line))
 
 
 #: Types whose values cannot change after a record is made.
@@ -376,6 +473,7 @@ def configure_logging(
     logging.captureWarnings(True)
     sys.excepthook = _log_uncaught
     threading.excepthook = _log_uncaught_in_thread
+    sys.unraisablehook = _log_unraisable
 
 
 def _log_uncaught(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
@@ -389,4 +487,15 @@ def _log_uncaught_in_thread(args: Any) -> None:
         "Uncaught exception in thread %s",
         getattr(args.thread, "name", "?"),
         exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+    )
+
+
+def _log_unraisable(unraisable: Any) -> None:
+    """An exception Python could only ignore (in ``__del__``, a finalizer ...): one line, not stderr."""
+    error = unraisable.exc_value
+    logging.getLogger("greenroom").error(
+        "%s: %r",
+        unraisable.err_msg or "Exception ignored in",
+        unraisable.object,
+        exc_info=(type(error), error, unraisable.exc_traceback) if error is not None else None,
     )

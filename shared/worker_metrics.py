@@ -1,27 +1,37 @@
 """Wire Prometheus metrics and the health server of a ``greenroom worker`` from Settings.
 
-``greenroom worker`` (the Dramatiq master) calls :func:`prepare_metrics_directory`
+``greenroom worker`` (the Dramatiq master) checks the metrics settings with
+:func:`metrics_settings_problem` and calls :func:`prepare_metrics_directory`
 before forking; each worker process gets the :class:`Metrics` middleware from
-:func:`metrics_middleware`; Dramatiq forks :func:`serve_exposition` next to
-them to serve /metrics, /healthz and /readyz on METRICS_HOST:METRICS_PORT.
+:func:`metrics_middleware`; the master serves /metrics, /healthz and /readyz on
+METRICS_HOST:METRICS_PORT from a thread while its worker processes run
+(:func:`serving_metrics`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
 import os
+import signal
 import socket
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from observability.worker_registry import WorkerRegistry
 from shared import __version__
-from shared.settings import Settings, get_settings
+from shared.settings import Settings
 from shared.tasks import TASKS
 
 if TYPE_CHECKING:
+    from observability.exposition import ExpositionServer, Health
     from observability.metrics import Metrics
+
+logger = logging.getLogger("greenroom.exposition")
 
 # prometheus_client picks its multiprocess mode when first imported, so the
 # master must set PROMETHEUS_MULTIPROC_DIR before anything imports it: the
@@ -45,13 +55,55 @@ def worker_registry(settings: Settings) -> WorkerRegistry:
     return WorkerRegistry(metrics_directory(settings) / "workers")
 
 
-def port_in_use(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+def metrics_settings_problem(settings: Settings) -> str | None:
+    """One line naming METRICS_HOST, METRICS_PORT or METRICS_DIR and what is wrong with it, or None.
+
+    >>> metrics_settings_problem(load_settings(METRICS_HOST="no-such-host.invalid"))
+    "METRICS_HOST 'no-such-host.invalid' does not resolve (Name or service not known)"
+    """
+    return _address_problem(settings.METRICS_HOST, settings.metrics_port) or _directory_problem(
+        metrics_directory(settings)
+    )
+
+
+def _address_problem(host: str, port: int) -> str | None:
+    try:
+        [(family, _, _, _, address), *_] = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except (socket.gaierror, UnicodeError) as error:
+        return f"METRICS_HOST {host!r} does not resolve ({getattr(error, 'strerror', None) or error})"
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # As the server binds: a port that only TIME_WAIT connections still use is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind((host, port))
-        except OSError:
-            return True
-    return False
+            probe.bind(address[:2])
+        except OSError as error:
+            return _bind_problem(host, port, error)
+    return None
+
+
+def _bind_problem(host: str, port: int, error: OSError) -> str:
+    if error.errno == errno.EADDRINUSE:
+        return (
+            f"METRICS_PORT {port} on {host} is in use "
+            "(another worker? give each process type its own METRICS_PORT or $PORT)"
+        )
+    if error.errno == errno.EADDRNOTAVAIL:
+        return f"METRICS_HOST {host!r} is not an address of this machine"
+    if error.errno == errno.EACCES:
+        return f"METRICS_PORT {port} on {host}: permission denied (ports below 1024 need privileges)"
+    return f"METRICS_HOST {host!r}, METRICS_PORT {port}: cannot listen ({error.strerror or error})"
+
+
+def _directory_problem(directory: Path) -> str | None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as error:
+        return f"METRICS_DIR: cannot write metric files in {str(directory)!r} ({error.strerror or error})"
+    return None
 
 
 def prepare_metrics_directory(settings: Settings) -> Path:
@@ -77,7 +129,7 @@ def metrics_middleware(settings: Settings) -> Metrics:
     exemplars = None
     if settings.tracing_active:
         exemplars = ExemplarStore(prometheus_directory(settings), pid=os.getpid())
-    return Metrics(worker_registry=worker_registry(settings), exemplars=exemplars, forks=[serve_exposition])
+    return Metrics(worker_registry=worker_registry(settings), exemplars=exemplars)
 
 
 def watched_queues(settings: Settings) -> list[str]:
@@ -85,22 +137,45 @@ def watched_queues(settings: Settings) -> list[str]:
     return list(settings.WORKER_QUEUES) or sorted({contract.queue for contract in TASKS.values()})
 
 
-def serve_exposition() -> int:
-    """Entry point of the helper process Dramatiq forks for the health and metrics server."""
-    from observability.exposition import Health, build_registry, make_server, serve_until_workers_stop
+@contextlib.contextmanager
+def serving_metrics(settings: Settings) -> Iterator[None]:
+    """Serve /metrics, /healthz and /readyz from this process (the worker master) while the body runs.
+
+    >>> with serving_metrics(settings):
+    ...     exit_code = dramatiq.cli.main(dramatiq_args)
+    """
+    from observability.exposition import Health, serve_while_workers_run
+
+    health = Health(workers=worker_registry(settings), expected_processes=settings.WORKER_PROCESSES)
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=serve_while_workers_run,
+        args=(lambda: _bind(settings, health), health, stop),
+        name="greenroom-exposition",
+        daemon=True,
+    )
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def _bind(settings: Settings, health: Health) -> ExpositionServer | None:
+    from observability.exposition import build_registry, make_server
     from observability.queue_depth import QueueDepthReader
 
-    settings = get_settings()
     registry = build_registry(
         prometheus_directory(settings),
         QueueDepthReader(settings.rabbitmq_url, lambda: watched_queues(settings)),
         __version__,
     )
-    health = Health(
-        workers=worker_registry(settings),
-        expected_processes=settings.WORKER_PROCESSES,
-        master_pid=os.getppid(),
-        stopping=threading.Event(),
-    )
-    server = make_server(settings.METRICS_HOST, settings.metrics_port, registry, health)
-    return serve_until_workers_stop(server, health)
+    try:
+        return make_server(settings.METRICS_HOST, settings.metrics_port, registry, health)
+    except OSError as error:  # taken since the start-up check: no worker without its endpoints
+        logger.critical(
+            "%s; stopping the worker.", _bind_problem(settings.METRICS_HOST, settings.metrics_port, error)
+        )
+        os.kill(os.getpid(), signal.SIGTERM)
+        return None
