@@ -148,7 +148,7 @@ def build_registry(directory: Path, queue_reader: QueueDepthReader, version: str
 
 
 #: Seconds a connection may take to send its request and read the answer.
-CONNECTION_TIMEOUT_SECONDS = 10.0
+CONNECTION_TIMEOUT_SECONDS = 5.0
 #: Connections answered at once; more are closed as they arrive.
 MAX_CONNECTIONS = 32
 

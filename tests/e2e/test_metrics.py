@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import signal
+import socket
+import struct
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -10,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from shared.errors import TaskFailed
 from shared.producer import Producer
 from tests.e2e.conftest import StartWorker
-from tests.support import Worker, http_get, run_cli, wait_for
+from tests.support import Worker, free_port, http_get, run_cli, wait_for
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 
@@ -156,3 +161,99 @@ def test_two_process_types_on_one_host_do_not_clash(
     assert completed.stderr.startswith(
         f"greenroom: error: METRICS_PORT {default.metrics_port} on 127.0.0.1 is in use"
     )
+
+
+def _assert_bounded_json(worker: Worker) -> None:
+    """Every stdout line of the worker is one JSON object shorter than 16 KiB."""
+    for number, line in enumerate(worker.snapshot(), 1):
+        assert len(line.encode()) < 16 * 1024, f"stdout line {number} is {len(line.encode())} bytes"
+        assert isinstance(json.loads(line), dict), (
+            f"stdout line {number} is not a JSON object: {line[:200]!r}"
+        )
+
+
+def _connect(port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=5)
+
+
+def _abort(connection: socket.socket) -> None:
+    """Close with a reset (SO_LINGER 0), as a scraper that gives up does."""
+    connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    connection.close()
+
+
+def test_aborted_scrapes_and_many_held_connections_write_only_json_lines(start_worker: StartWorker) -> None:
+    # Given
+    worker = start_worker(processes=1, threads=2)
+
+    # When: 50 scrapes aborted as the answer is written, then 1,100 connections held and closed
+    for _ in range(50):
+        connection = _connect(worker.metrics_port)
+        connection.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+        _abort(connection)
+    held = []
+    try:
+        for _ in range(1100):
+            held.append(_connect(worker.metrics_port))
+    finally:
+        for connection in held:
+            _abort(connection)
+
+    # Then: the server still answers, and wrote nothing but bounded JSON lines
+    wait_for(lambda: http_get(worker.url("/healthz")) == (200, "ok\n"), 15, "the server to answer again")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0, worker.output()
+    _assert_bounded_json(worker)
+    assert worker.stderr_lines == []
+
+
+def test_an_idle_connection_is_closed_by_the_server(start_worker: StartWorker) -> None:
+    # Given: clients that connect and send nothing, more than the server answers at once
+    worker = start_worker(processes=1, threads=2)
+    idle = [_connect(worker.metrics_port) for _ in range(40)]
+    try:
+        # Then: the server closes each within its connection timeout (5 s) and answers again
+        for connection in idle:
+            connection.settimeout(20)
+            with contextlib.suppress(ConnectionResetError):  # closed at once: every slot was taken
+                assert connection.recv(1) == b""
+        assert http_get(worker.url("/readyz")) == (200, "ok\n")
+    finally:
+        for connection in idle:
+            connection.close()
+
+
+def test_a_worker_restarted_at_once_gets_its_metrics_port_back(
+    start_worker: StartWorker, service_env: dict[str, str]
+) -> None:
+    # Given: a worker whose metrics port has answered requests (the server closes first: TIME_WAIT)
+    first = start_worker(processes=1, threads=2)
+    for _ in range(5):
+        assert http_get(first.url("/metrics"))[0] == 200
+
+    # When: it stops and starts again at once on the same port
+    first.signal(signal.SIGTERM)
+    assert first.wait(timeout=30) == 0, first.output()
+    second = start_worker(processes=1, threads=2, env={"METRICS_PORT": str(first.metrics_port)})
+
+    # Then
+    assert http_get(second.url("/readyz")) == (200, "ok\n")
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "says"),
+    [
+        ("METRICS_DIR", "/proc/forbidden", "METRICS_DIR: cannot write metric files in '/proc/forbidden/"),
+        ("METRICS_HOST", "no-such-host.invalid", "METRICS_HOST 'no-such-host.invalid' does not resolve"),
+        ("METRICS_HOST", "192.0.2.1", "METRICS_HOST '192.0.2.1' is not an address of this machine"),
+    ],
+)
+def test_a_bad_metrics_setting_stops_the_worker_with_one_line(
+    service_env: dict[str, str], workdir: Path, setting: str, value: str, says: str
+) -> None:
+    completed = run_cli(
+        ["worker"], {**service_env, setting: value, "METRICS_PORT": str(free_port())}, workdir
+    )
+    assert completed.returncode == 2, completed.stderr
+    [line] = completed.stderr.splitlines()
+    assert line.startswith(f"greenroom: error: {says}"), line
