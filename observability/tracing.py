@@ -45,6 +45,11 @@ RETRIES_ATTRIBUTE = "dramatiq.message.retries"
 
 _INSTRUMENTATION = "greenroom.observability.tracing"
 
+#: The propagators' loggers, whose warnings quote headers taken from messages.
+_PROPAGATOR_LOGGERS = ("opentelemetry.baggage.propagation", "opentelemetry.trace.propagation.tracecontext")
+#: How much of a quoted header such a warning keeps.
+QUOTED_HEADER_CHARS = 200
+
 #: Inside Tracing.publishing_batch: the trace context every message of the batch carries.
 _batch_carrier: ContextVar[dict[str, str] | None] = ContextVar("greenroom_batch_carrier", default=None)
 
@@ -78,6 +83,10 @@ class Tracing(Middleware):
         self._consumer_spans: tuple[TracerProvider | None, Callable[..., Span] | None] = (None, None)
         self._publishing: dict[int, _OpenSpan] = {}
         self._processing: dict[int, _OpenSpan] = {}
+        for name in _PROPAGATOR_LOGGERS:
+            propagator_logger = logging.getLogger(name)
+            if not any(isinstance(f, QuotedHeaderExcerpts) for f in propagator_logger.filters):
+                propagator_logger.addFilter(QuotedHeaderExcerpts())
 
     @property
     def open_spans(self) -> int:
@@ -303,6 +312,26 @@ def _consumer_span_shape(queue_name: str) -> tuple[str, dict[str, Any]]:
 
 
 _consumer_span_shapes: dict[str, tuple[str, dict[str, Any]]] = {}
+
+
+class QuotedHeaderExcerpts(logging.Filter):
+    """Cuts the headers that the propagators' warnings quote (message content) to an excerpt.
+
+    >>> record = logging.LogRecord("x", logging.WARNING, "", 0, "bad `%s`", ("k=" + "v" * 900,), None)
+    >>> QuotedHeaderExcerpts().filter(record) and len(record.getMessage())
+    221
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(_excerpt(arg) if isinstance(arg, str) else arg for arg in record.args)
+        return True
+
+
+def _excerpt(text: str) -> str:
+    if len(text) <= QUOTED_HEADER_CHARS:
+        return text
+    return f"{text[:QUOTED_HEADER_CHARS]}... ({len(text)} chars)"
 
 
 def _parent_for_publish(message: dramatiq.Message[Any]) -> otel_context.Context:

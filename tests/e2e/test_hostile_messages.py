@@ -209,6 +209,12 @@ def test_hostile_messages_are_dead_lettered_and_nothing_else_is_lost(
         producer.send("reports.build", report_id="after", rows=10).result(timeout=30)["report_id"] == "after"
     )
     assert _capacity(worker) == 4
+    # a trace context that is only malformed is ignored, and the warning about it quotes an excerpt
+    odd = _fields(options={"greenroom_trace_context": {"traceparent": "00-zz", "baggage": "x" * 8000}})
+    _publish(rabbitmq_url, "default", json.dumps(odd).encode())
+    assert producer.result_of("echo", odd["message_id"], timeout=30) == "hostile"
+    [baggage_warning] = [line for line in worker.json_lines() if line["message"].startswith("Baggage")]
+    assert len(baggage_warning["message"]) < 400  # the key quoted to 200 chars of 8000
     # nothing retried, and stdout is JSON lines only, each short
     events = [line["event"] for line in worker.task_events()]
     assert "retrying" not in events and "failed" not in events
