@@ -63,7 +63,8 @@ def redact_url(url: str) -> str:
 
 #: How to write a password (or user name) that holds characters URLs reserve.
 PERCENT_ENCODING_HINT = (
-    "percent-encode the user name and password (/ as %2F, ? as %3F, # as %23, @ as %40, : as %3A, % as %25)"
+    "percent-encode the user name and password (/ as %2F, ? as %3F, # as %23, @ as %40, : as %3A, "
+    "% as %25, a space as %20)"
 )
 
 
@@ -79,6 +80,11 @@ def _check_url(value: SecretStr, schemes: tuple[str, ...]) -> SecretStr:
         ) from None
     if parts.scheme not in schemes:
         raise ValueError(f"scheme must be one of {', '.join(s + '://' for s in schemes)}")
+    if any(character.isspace() or not character.isprintable() for character in url):
+        # urlsplit drops some silently, and a log line's masking ends a URL at whitespace.
+        raise ValueError(
+            f"not a valid URL: it holds whitespace or control characters; {PERCENT_ENCODING_HINT}"
+        )
     if "@" in parts.path + parts.query + parts.fragment:
         # "user:123/abc@host" parses as host "user", port 123: a password cut at "/".
         raise ValueError(f"not a valid URL: an '@' after the host; {PERCENT_ENCODING_HINT}")

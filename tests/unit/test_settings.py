@@ -139,8 +139,8 @@ BAD_VALUES = [
     ),
     (
         "WORKER_QUEUES",
-        "default,bad queue",
-        "WORKER_QUEUES='default,bad queue': 'bad queue' is not a valid queue name",
+        "default,bad!queue",
+        "WORKER_QUEUES='default,bad!queue': 'bad!queue' is not a valid queue name",
     ),
     ("METRICS_PORT", "70000", "METRICS_PORT='70000': Input should be less than or equal to 65535"),
     ("TASK_TIME_LIMIT_SECONDS", "inf", "TASK_TIME_LIMIT_SECONDS='inf': Input should be a finite number"),
