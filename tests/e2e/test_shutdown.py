@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 from shared.producer import Producer
 from tests.e2e.conftest import StartWorker
-from tests.support import wait_for
+from tests.support import http_get, wait_for
 
 SHUTDOWN_TIMEOUT = 10.0  # WORKER_SHUTDOWN_TIMEOUT_SECONDS in the test environment
 
@@ -67,6 +68,66 @@ def test_task_running_past_the_shutdown_timeout_is_redelivered(
     assert first.task_events() == []
     start_worker(processes=1, threads=1)
     assert handle.result(timeout=20) == "long"
+
+
+def test_shutdown_logs_the_message_ids_rabbitmq_will_redeliver(
+    start_worker: StartWorker, producer: Producer
+) -> None:
+    # Given: one thread running a long task, a second one prefetched behind it
+    worker = start_worker(processes=1, threads=1, env={"WORKER_SHUTDOWN_TIMEOUT_SECONDS": "1"})
+    running = producer.send("echo", payload="running", delay_ms=4000)
+    wait_for(lambda: producer.broker.get_queue_message_counts("default")[0] == 0, 10, "the task to be taken")
+    waiting = producer.send("echo", payload="waiting")
+    wait_for(lambda: producer.broker.get_queue_message_counts("default")[0] == 0, 10, "the prefetch")
+
+    # When: the shutdown deadline passes with the task still running
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(timeout=15) == 0, worker.output()
+
+    # Then: one line names the abandoned task, one the unstarted one
+    lines = {line["message"]: line for line in worker.json_lines() if line["logger"] == "greenroom.worker"}
+    abandoned = lines[
+        "1 tasks still running at the shutdown deadline are abandoned: RabbitMQ redelivers them."
+    ]
+    assert abandoned["message_ids"] == [running.message_id]
+    returned = lines["1 prefetched messages were returned to RabbitMQ unstarted."]
+    assert returned["message_ids"] == [waiting.message_id]
+
+
+def _children(pid: int) -> list[int]:
+    """Pids whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # it exited meanwhile
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return sorted(found)
+
+
+def test_endpoints_answer_until_the_worker_processes_have_stopped(
+    start_worker: StartWorker, producer: Producer
+) -> None:
+    # Given: tasks running; no helper process serves the endpoints (nothing to lose on its own)
+    worker = start_worker(processes=1, threads=4)
+    assert _children(worker.pid) == worker.worker_pids()
+    handles = producer.send_many("echo", [{"payload": n, "delay_ms": 3000} for n in range(4)])
+    wait_for(lambda: producer.broker.get_queue_message_counts("default")[0] == 0, 10, "the tasks to be taken")
+
+    # When: SIGTERM to the whole process group, twice over (the worker process then its master)
+    [child] = worker.worker_pids()
+    os.kill(child, signal.SIGTERM)
+    wait_for(lambda: worker.count("Stopping worker process") == 1, 10, "the worker process to start stopping")
+    worker.signal(signal.SIGTERM)
+
+    # Then: while the tasks drain, liveness holds and readiness says why it fails
+    wait_for(lambda: http_get(worker.url("/readyz")) == (503, "shutting down\n"), 5, "readiness to drop")
+    assert http_get(worker.url("/healthz")) == (200, "ok\n")
+    assert not any(handle.message_id in line for handle in handles for line in worker.snapshot())
+    assert worker.wait(timeout=20) == 0, worker.output()
+    assert [h.result(timeout=1) for h in handles] == [0, 1, 2, 3]
 
 
 def test_sigterm_to_the_whole_process_group_is_still_graceful(
