@@ -1,7 +1,9 @@
 """The ``greenroom`` command.
 
 Exit codes: 0 success, 1 the operation failed (a service is down, a task
-failed, a result timed out), 2 bad usage or bad settings (one line on stderr).
+failed, a result timed out, an id matched no dead letter, a purge was not
+confirmed), 2 bad usage or bad settings, RabbitMQ or Redis refusing them
+included (one line on stderr). Whatever a command prints as JSON is strict JSON.
 """
 
 from __future__ import annotations
@@ -9,14 +11,24 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
+import re
 import sys
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
-from shared.errors import GreenroomError, InvalidTaskArguments, UnknownTask
+from shared.errors import (
+    GreenroomError,
+    InvalidParameter,
+    InvalidSettings,
+    InvalidTaskArguments,
+    ServiceRefused,
+    UnknownTask,
+)
 from shared.logging import configure_logging
+from shared.results import json_safe
 from shared.settings import Settings, SettingsError, load_settings, redact_url
 from shared.worker_metrics import metrics_settings_problem, prepare_metrics_directory, serving_metrics
 
@@ -30,10 +42,25 @@ CHECK_TIMEOUT_SECONDS = 5.0
 #: The broker Dramatiq's CLI loads in worker processes: importing ``workers`` builds it.
 WORKER_BROKER = "workers:broker"
 
+#: Loggers whose lines a short-lived command keeps off stderr below ERROR (pika's: at
+#: CRITICAL): the command prints the one line that matters itself.
+QUIET_LOGGERS = {"pika": logging.CRITICAL, "dramatiq": logging.ERROR, "greenroom.producer": logging.ERROR}
+
+#: Errors that mean "fix the input or the settings" (exit 2) rather than "try again" (exit 1).
+USAGE_ERRORS = (UnknownTask, InvalidTaskArguments, InvalidParameter, InvalidSettings, ServiceRefused)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line, like every other greenroom error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"greenroom: error: {message} (see `{self.prog} --help`)\n")
+
 
 def _command(subparsers: Any, name: str, summary: str, example: str) -> argparse.ArgumentParser:
     return subparsers.add_parser(  # type: ignore[no-any-return]
         name,
+        allow_abbrev=False,
         help=summary,
         description=summary,
         epilog=f"example:\n  {example}",
@@ -42,8 +69,9 @@ def _command(subparsers: Any, name: str, summary: str, example: str) -> argparse
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="greenroom",
+        allow_abbrev=False,
         description="greenroom: an observable Dramatiq worker platform.",
         epilog="Settings come from the environment and .env; see `greenroom config`.",
     )
@@ -53,10 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
         commands,
         "worker",
         "Run Dramatiq worker processes configured from the settings (SIGTERM stops them gracefully).",
-        "greenroom worker --queues reports --processes 2 --threads 2",
+        "greenroom worker --queues default,reports --processes 2 --threads 2",
     )
     worker.add_argument(
-        "--queues", "-Q", nargs="+", metavar="Q", help="queues to consume (default: WORKER_QUEUES, else all)"
+        "--queues",
+        "-Q",
+        nargs="+",
+        action="extend",
+        metavar="Q",
+        help="queues to consume, separated by commas or spaces, or the flag repeated "
+        "(default: WORKER_QUEUES, else all)",
     )
     worker.add_argument(
         "--processes", "-p", type=_positive_int, help="worker processes (default: WORKER_PROCESSES)"
@@ -82,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_float,
         default=10.0,
         metavar="S",
-        help="seconds to wait with --wait (default: 10)",
+        help="seconds to wait with --wait, any finite number above 0 (default: 10)",
     )
     send.set_defaults(run=run_send)
 
@@ -125,15 +159,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit", type=_positive_int, default=100, help="at most this many per queue (default: 100)"
     )
     dlq_replay = _command(
-        dlq_commands, "replay", "Move dead letters back to their queue (all, or by message id).",
-        "greenroom dlq replay --queue default --id 0c1f5a3e-... --fresh-retries",
+        dlq_commands, "replay",
+        "Move dead letters back to their queue (all, or by message id); exit 1 if an id matches none.",
+        "greenroom dlq replay --queue default --id 0c1f5a3e --fresh-retries",
     )  # fmt: skip
     which = dlq_replay.add_mutually_exclusive_group(required=True)
-    which.add_argument("--id", dest="ids", nargs="+", metavar="ID", help="message ids to replay")
+    which.add_argument(
+        "--id",
+        dest="ids",
+        nargs="+",
+        metavar="ID",
+        help="message ids to replay, each in full or an unambiguous prefix of 8+ characters (MIN_ID_PREFIX)",
+    )
     which.add_argument("--all", action="store_true", help="replay every dead letter")
     dlq_replay.add_argument("--fresh-retries", action="store_true", help="reset the retry count")
     dlq_purge = _command(
-        dlq_commands, "purge", "Delete dead letters for good (asks for confirmation).",
+        dlq_commands, "purge", "Delete dead letters for good (asks for confirmation; exit 1 if not given).",
         "greenroom dlq purge --queue default --yes",
     )  # fmt: skip
     dlq_purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")
@@ -195,8 +236,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     services = (run_worker, run_demo_producer)
     log_stream: Literal["stdout", "stderr"] = "stdout" if args.run in services else "stderr"
     configure_logging(level=settings.LOG_LEVEL, fmt=settings.LOG_FORMAT, stream=log_stream)
+    if args.run not in services:
+        for name, level in QUIET_LOGGERS.items():
+            logging.getLogger(name).setLevel(max(level, logging.getLogger(name).getEffectiveLevel()))
     run: Callable[[argparse.Namespace, Settings], int] = args.run
     return run(args, settings)
+
+
+def _failed(error: GreenroomError) -> int:
+    """Print ``error`` as greenroom's one line; its exit code (2: fix the input or settings)."""
+    if isinstance(error, USAGE_ERRORS):
+        print(f"greenroom: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"greenroom: {error}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _print_json(value: Any) -> None:
+    """Print ``value`` as strict JSON; a NaN or infinity in it (a result stored before
+    arguments were checked) is printed as null, with one warning line on stderr."""
+    safe = json_safe(value)
+    if safe != value and json.dumps(safe) != json.dumps(value):
+        print("greenroom: warning: NaN or Infinity in the value is printed as null", file=sys.stderr)
+    print(json.dumps(safe, allow_nan=False))
 
 
 # greenroom worker -------------------------------------------------------------------
@@ -265,7 +327,7 @@ def _export_worker_settings(args: argparse.Namespace, settings: Settings) -> Set
     Dramatiq forks them; writing the effective values here keeps every process
     of this worker in agreement.
     """
-    queues = args.queues or settings.WORKER_QUEUES
+    queues = _queue_names(args.queues) if args.queues else settings.WORKER_QUEUES
     effective = {
         "WORKER_PROCESSES": str(args.processes or settings.WORKER_PROCESSES),
         "WORKER_THREADS": str(args.threads or settings.WORKER_THREADS),
@@ -298,14 +360,10 @@ def run_send(args: argparse.Namespace, settings: Settings) -> int:
         if not args.wait:
             print(handle.message_id)
             return EXIT_OK
-        print(json.dumps(handle.result(timeout=args.timeout)))
+        _print_json(handle.result(timeout=args.timeout))
         return EXIT_OK
-    except (UnknownTask, InvalidTaskArguments) as error:
-        print(f"greenroom: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
     except GreenroomError as error:
-        print(f"greenroom: {error}", file=sys.stderr)
-        return EXIT_FAILED
+        return _failed(error)
     finally:
         producer.close()
 
@@ -315,7 +373,7 @@ def run_send(args: argparse.Namespace, settings: Settings) -> int:
 
 def run_config(args: argparse.Namespace, settings: Settings) -> int:
     """Print the effective settings, secrets redacted."""
-    print(json.dumps(settings.public_dict(), indent=2, sort_keys=True))
+    print(json.dumps(json_safe(settings.public_dict()), indent=2, sort_keys=True, allow_nan=False))
     return EXIT_OK
 
 
@@ -323,22 +381,30 @@ def run_config(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_check(args: argparse.Namespace, settings: Settings) -> int:
-    """One line per service: `rabbitmq ok ...` or `rabbitmq FAILED ...`; exit 1 if any failed."""
-    checks: list[tuple[str, str, Callable[[Settings], str]]] = [
-        ("rabbitmq", redact_url(settings.rabbitmq_url), _check_rabbitmq),
-        ("redis", redact_url(settings.redis_url), _check_redis),
+    """One line per service: `rabbitmq ok ...`, `rabbitmq REFUSED ...` (it refuses the
+    settings: exit 2) or `rabbitmq FAILED ...` (unreachable: exit 1)."""
+    from shared.service_refusals import outage_line, redis_refusal_line, refusal_line
+
+    checks: list[tuple[str, str, Callable[[Settings], str], Callable[..., str | None]]] = [
+        ("rabbitmq", redact_url(settings.rabbitmq_url), _check_rabbitmq, refusal_line),
+        ("redis", redact_url(settings.redis_url), _check_redis, redis_refusal_line),
     ]
-    healthy = True
-    for name, where, check in checks:
+    code = EXIT_OK
+    for name, where, check, refusal in checks:
         try:
             detail = check(settings)
             print(f"{name} ok {where} ({detail})")
         except Exception as error:  # any failure is the answer we report
-            healthy = False
-            print(f"{name} FAILED {where}: {type(error).__name__}: {error}")
-    if healthy and args.roundtrip:
-        healthy = _check_roundtrip(settings, args.timeout)
-    return EXIT_OK if healthy else EXIT_FAILED
+            refused = refusal(error, settings)
+            if refused is not None:
+                code = EXIT_USAGE
+                print(f"{name} REFUSED {refused}")
+            else:
+                code = max(code, EXIT_FAILED)
+                print(f"{name} FAILED {where}: {outage_line(error)}")
+    if code == EXIT_OK and args.roundtrip:
+        code = _check_roundtrip(settings, args.timeout)
+    return code
 
 
 def _check_rabbitmq(settings: Settings) -> str:
@@ -370,7 +436,7 @@ def _check_redis(settings: Settings) -> str:
         client.close()
 
 
-def _check_roundtrip(settings: Settings, timeout: float) -> bool:
+def _check_roundtrip(settings: Settings, timeout: float) -> int:
     from shared.producer import Producer
 
     token = uuid.uuid4().hex
@@ -380,14 +446,14 @@ def _check_roundtrip(settings: Settings, timeout: float) -> bool:
         echoed = handle.result(timeout=timeout)
     except GreenroomError as error:
         print(f"roundtrip FAILED: {error}")
-        return False
+        return EXIT_USAGE if isinstance(error, ServiceRefused) else EXIT_FAILED
     finally:
         producer.close()
     if echoed != token:
-        print(f"roundtrip FAILED: echo returned {echoed!r}, expected {token!r}")
-        return False
+        print(f"roundtrip FAILED: echo returned {json.dumps(json_safe(echoed))[:80]}, expected {token!r}")
+        return EXIT_FAILED
     print(f"roundtrip ok (message {handle.message_id})")
-    return True
+    return EXIT_OK
 
 
 # greenroom dlq -------------------------------------------------------------------------
@@ -399,40 +465,75 @@ def run_dlq(args: argparse.Namespace, settings: Settings) -> int:
     from shared.producer import Producer
     from shared.tasks import TASKS
 
-    queues = args.queue or sorted({contract.queue for contract in TASKS.values()})
+    known = sorted({contract.queue for contract in TASKS.values()})
+    queues = sorted(set(_queue_names(args.queue))) if args.queue else known
+    if unknown := [repr(queue) for queue in queues if queue not in known]:
+        print(
+            f"greenroom: error: --queue: no task uses queue {', '.join(unknown)} "
+            f"(queues with tasks: {', '.join(known)})",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     producer = Producer(settings)
     letters = DeadLetters(producer)
     try:
-        for queue in queues:
-            if args.dlq_command == "list":
-                found = letters.list(queue, limit=args.limit)
-                print(f"{queue}.XQ: {len(found)} dead letter(s)")
-                for letter in found:
-                    print(f"  {letter.line()}")
-            elif args.dlq_command == "replay":
-                ids = None if args.all else set(args.ids)
-                count = letters.replay(queue, ids=ids, fresh_retries=args.fresh_retries)
-                print(f"{queue}.XQ: replayed {count} to {queue}")
-            else:
-                if not args.yes and not _confirm(
-                    f"Delete every dead letter of {queue}? Type the queue name: ", queue
-                ):
-                    print(f"{queue}.XQ: left as it was")
-                    continue
-                print(f"{queue}.XQ: purged {letters.purge(queue)}")
+        if args.dlq_command == "list":
+            return _dlq_list(letters, queues, args.limit)
+        if args.dlq_command == "replay":
+            return _dlq_replay(letters, queues, args)
+        return _dlq_purge(letters, queues, confirmed=args.yes)
     except GreenroomError as error:  # nothing is lost: a dead letter goes only once replayed
-        print(f"greenroom: {error}", file=sys.stderr)
-        return EXIT_FAILED
+        return _failed(error)
     finally:
         producer.close()
+
+
+def _dlq_list(letters: Any, queues: list[str], limit: int) -> int:
+    for queue in queues:
+        found = letters.list(queue, limit=limit)
+        print(f"{queue}.XQ: {len(found)} dead letter(s)")
+        for letter in found:
+            print(f"  {letter.line()}")
+    return EXIT_OK
+
+
+def _dlq_replay(letters: Any, queues: list[str], args: argparse.Namespace) -> int:
+    """Replay every dead letter, or those the ids name; each id must name exactly one
+    dead letter of ``queues`` (checked before anything is replayed)."""
+    from shared.dlq import resolve_ids
+
+    wanted: dict[str, set[str] | None] = dict.fromkeys(queues)
+    if not args.all:
+        wanted = dict(resolve_ids(args.ids, {queue: letters.ids(queue) for queue in queues}))
+    for queue, ids in wanted.items():
+        count = letters.replay(queue, ids=ids, fresh_retries=args.fresh_retries)
+        print(f"{queue}.XQ: replayed {count} to {queue}")
+        if ids is not None and count < len(ids):
+            print(f"greenroom: {queue}.XQ: {len(ids) - count} of the ids left it meanwhile", file=sys.stderr)
+            return EXIT_FAILED
+    return EXIT_OK
+
+
+def _dlq_purge(letters: Any, queues: list[str], *, confirmed: bool) -> int:
+    for queue in queues:
+        if not confirmed and not _confirm(
+            f"Delete every dead letter of {queue}? Type the queue name: ", queue
+        ):
+            print(
+                f"greenroom: {queue}.XQ: left as it was (not confirmed; --yes skips the question)",
+                file=sys.stderr,
+            )
+            return EXIT_FAILED
+        print(f"{queue}.XQ: purged {letters.purge(queue)}")
     return EXIT_OK
 
 
 def _confirm(prompt: str, expected: str) -> bool:
-    try:
-        return input(prompt).strip() == expected
-    except EOFError:
-        return False
+    """Whether the answer read from stdin is ``expected``; the question is asked (on stderr)
+    only when stdin is a terminal."""
+    if sys.stdin.isatty():
+        print(prompt, end="", file=sys.stderr, flush=True)
+    return sys.stdin.readline().strip() == expected
 
 
 # greenroom bench -----------------------------------------------------------------------
@@ -498,17 +599,34 @@ def _positive_int(text: str) -> int:
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r:.40}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number greater than 0, got {text!r:.40}")
     return value
 
 
+def _queue_names(values: list[str]) -> list[str]:
+    """Queue names from flag values, each holding one or more separated by commas or spaces."""
+    return [name for value in values for name in re.split(r"[,\s]+", value) if name]
+
+
+def _not_json(constant: str) -> None:
+    raise ValueError(f"{constant} is not JSON")
+
+
 def _json_object(text: str) -> dict[str, Any]:
+    """A strict JSON object (no NaN or Infinity)."""
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_not_json)
     except json.JSONDecodeError as error:
         raise argparse.ArgumentTypeError(f"not valid JSON: {error}") from None
+    except (ValueError, RecursionError) as error:  # NaN, an integer too long, nesting too deep
+        raise argparse.ArgumentTypeError(
+            f"not valid JSON: {str(error).split(';')[0] or 'nested too deeply'}"
+        ) from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"payload\": 1}'")
     return value

@@ -2,22 +2,27 @@
 
 >>> letters = DeadLetters(producer)
 >>> [letter.message_id for letter in letters.list("default", limit=10)]   # nothing consumed
-['0c1f...']
->>> letters.replay("default", ids={"0c1f..."}, fresh_retries=True)
+['0c1f5a3e-2b8d-4c1e-9a57-6f0d2e3b9c41']
+>>> resolve_ids(["0c1f5a3e"], {"default": letters.ids("default")})  # or unambiguous prefixes (8+)
+{'default': {'0c1f5a3e-2b8d-4c1e-9a57-6f0d2e3b9c41'}}
+>>> letters.replay("default", ids={"0c1f5a3e-2b8d-4c1e-9a57-6f0d2e3b9c41"}, fresh_retries=True)
 1
 
 Listing reads messages without acknowledging them and returns them all to the
-queue. Replay republishes a message to its queue (with publisher confirms and
-the message's own trace context, so the replay joins the original trace) and
-only then removes the dead letter: a crash in between leaves a duplicate,
-never a loss.
+queue. Replay republishes a message to the queue whose dead letter it is, with
+publisher confirms (whatever BROKER_CONFIRM_DELIVERY says) and the message's own
+trace context, so the replay joins the original trace, and only then removes
+the dead letter: a crash in between leaves a duplicate, never a loss. A
+replayed message counts as enqueued at the replay (its queue wait and age
+start again). A dead letter is untrusted input like any message: one whose
+fields are not those of a Dramatiq message is listed but never replayed.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -27,15 +32,26 @@ import pika
 import pika.exceptions
 import redis
 from dramatiq.common import xq_name
-from dramatiq.errors import BrokerConnectionError, DecodeError
+from dramatiq.errors import DecodeError
 from dramatiq.results import ResultFailure, ResultMissing
 
-from shared.errors import PublishError
+from observability.metrics import READY_AT_OPTION
+from shared.errors import BrokerRefused, BrokerUnavailable, DeadLetterNotFound, excerpt
 from shared.producer import Producer
-from shared.service_refusals import refusal_line
+from shared.results import json_safe
+from shared.service_refusals import CONNECTION_ERRORS, outage_line, refusal_line
 
 #: How many dead letters one listing or replay reads at most unless told otherwise.
 DEFAULT_LIMIT = 100
+#: How many dead letters a replay or an id lookup reads at most.
+REPLAY_LIMIT = 10_000
+#: Dead letters republished together (one confirmation wait), then acknowledged.
+REPLAY_CHUNK = 256
+#: Shortest id prefix accepted for a dead letter (the README's examples use 8).
+MIN_ID_PREFIX = 8
+#: Options that date a message's earlier runs, dropped by a replay: the queue-wait metric
+#: counts from READY_AT_OPTION (else message_timestamp), Dramatiq's worker delays by "eta".
+_DATING_OPTIONS = ("eta", READY_AT_OPTION, "traceback")
 
 
 @dataclass(frozen=True)
@@ -75,33 +91,52 @@ class DeadLetters:
             # Closing the channel without acknowledging returns every message to the queue.
         return letters
 
-    def replay(self, queue: str, *, ids: set[str] | None, fresh_retries: bool, limit: int = 10_000) -> int:
-        """Move dead letters (all, or those in ``ids``) back to ``queue``; return how many."""
+    def ids(self, queue: str, *, limit: int = REPLAY_LIMIT) -> set[str]:
+        """The message ids of up to ``limit`` replayable dead letters of ``queue``; all stay."""
+        if not self.count(queue):
+            return set()
+        with self._channel() as channel:
+            return {letter.message_id for _tag, letter in self._read(channel, queue, limit, errors=False)}
+
+    def replay(
+        self, queue: str, *, ids: set[str] | None, fresh_retries: bool, limit: int = REPLAY_LIMIT
+    ) -> int:
+        """Move dead letters (all, or those whose full message id is in ``ids``) back to
+        ``queue``; return how many ids were replayed. Copies of a replayed id go too."""
         replayed: set[str] = set()
         # Only what is dead now: a replayed task may fail again and come back during this loop.
-        waiting = self.count(queue)
+        waiting = min(limit, self.count(queue))
+        if not waiting:
+            return 0
         with self._channel() as channel:
-            for tag, letter in self._read(channel, queue, min(limit, waiting)):
-                wanted = ids is None or letter.message_id in ids
-                if letter.message is None or not wanted or letter.message_id in replayed:
+            chunk: list[tuple[int, dramatiq.Message[Any]]] = []
+            copies: list[int] = []  # tags of copies of a message in ``chunk``: acked once it is confirmed
+            for tag, letter in self._read(channel, queue, waiting):
+                if letter.message is None or not (ids is None or letter.message_id in ids):
                     continue
-                message = letter.message
-                if fresh_retries:
-                    message.options.pop("retries", None)
-                message.options.pop("traceback", None)
-                self._enqueue(message)  # confirmed before the dead letter goes
-                channel.basic_ack(tag)
-                replayed.add(letter.message_id)
+                if letter.message_id in replayed:
+                    channel.basic_ack(tag)  # a copy of one replayed already: it would run twice
+                elif any(message.message_id == letter.message_id for _, message in chunk):
+                    copies.append(tag)
+                else:
+                    chunk.append((tag, _revived(letter.message, queue, fresh_retries=fresh_retries)))
+                if len(chunk) == REPLAY_CHUNK:
+                    replayed |= self._republish(channel, chunk, copies)
+                    chunk, copies = [], []
+            replayed |= self._republish(channel, chunk, copies)
         return len(replayed)
 
-    def _enqueue(self, message: dramatiq.Message[Any]) -> None:
-        try:
-            self.producer.broker.enqueue(message)
-        except BrokerConnectionError as error:
-            refused = refusal_line(error, self.producer.settings)
-            if refused is None:
-                raise
-            raise PublishError(f"could not replay {message.message_id}: {refused}") from None
+    def _republish(
+        self, channel: Any, chunk: Sequence[tuple[int, dramatiq.Message[Any]]], copies: Sequence[int]
+    ) -> set[str]:
+        """Publish ``chunk`` confirmed, then acknowledge its dead letters (and ``copies``); their ids."""
+        if not chunk:
+            return set()
+        messages = [message for _tag, message in chunk]
+        self.producer.publish_confirmed(messages, f"{len(messages)} replayed dead letter(s)")
+        for tag in [*(tag for tag, _message in chunk), *copies]:
+            channel.basic_ack(tag)
+        return {message.message_id for message in messages}
 
     def purge(self, queue: str) -> int:
         """Delete every dead letter of ``queue``; return how many."""
@@ -111,57 +146,130 @@ class DeadLetters:
             reply = channel.queue_purge(xq_name(queue))
             return int(reply.method.message_count)
 
-    def _read(self, channel: Any, queue: str, limit: int) -> Iterator[tuple[int, DeadLetter]]:
+    def _read(
+        self, channel: Any, queue: str, limit: int, *, errors: bool = True
+    ) -> Iterator[tuple[int, DeadLetter]]:
+        """Up to ``limit`` dead letters, unacknowledged; ``errors``: look up their stored errors."""
+        stored_error = self._stored_error if errors else _no_error
         for _ in range(limit):
             method, properties, body = channel.basic_get(xq_name(queue), auto_ack=False)
             if method is None:
                 return
-            yield method.delivery_tag, _describe(queue, properties, body, self._stored_error)
+            yield method.delivery_tag, _describe(queue, properties, body, stored_error)
 
     def _stored_error(self, message: dramatiq.Message[Any]) -> str:
         """The failure the worker stored as the task's result, if it stores results."""
         try:
             self.producer.backend.get_result(message, block=False)
         except ResultFailure as failure:
-            return f"{failure.orig_exc_type}: {failure.orig_exc_msg}"
-        except (ResultMissing, redis.RedisError):
+            return excerpt(f"{failure.orig_exc_type}: {failure.orig_exc_msg}", 200)
+        except (ResultMissing, redis.RedisError, DecodeError, KeyError, TypeError, ValueError):
             return ""
         return ""
 
     @contextmanager
     def _channel(self) -> Iterator[Any]:
-        connection = pika.BlockingConnection(pika.URLParameters(self.producer.settings.rabbitmq_url))
+        """A channel on a connection of its own; RabbitMQ refusing or missing is a GreenroomError."""
+        settings = self.producer.settings
+        try:
+            connection = pika.BlockingConnection(pika.URLParameters(settings.rabbitmq_url))
+        except CONNECTION_ERRORS as error:
+            refused = refusal_line(error, settings)
+            if refused is not None:
+                raise BrokerRefused(refused) from None
+            raise BrokerUnavailable(f"could not reach RabbitMQ: {outage_line(error)}") from None
         try:
             yield connection.channel()
+        except pika.exceptions.AMQPError as error:
+            refused = refusal_line(error, settings)
+            if refused is not None:
+                raise BrokerRefused(refused) from None
+            raise BrokerUnavailable(f"RabbitMQ connection lost: {outage_line(error)}") from None
         finally:
-            connection.close()
+            if connection.is_open:
+                connection.close()
+
+
+def resolve_ids(given: Iterable[str], known: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Map each id in ``given`` (a full message id, or an unambiguous prefix of
+    MIN_ID_PREFIX or more characters) to the one dead letter it names among ``known``
+    (queue -> its dead letters' ids); the full ids by queue. Raises DeadLetterNotFound,
+    naming the id, if one matches none or more than one.
+
+    >>> resolve_ids(["0c1f5a3e"], {"default": {"0c1f5a3e-2b8d-...", "6b8e..."}})
+    {'default': {'0c1f5a3e-2b8d-...'}}
+    """
+    found: dict[str, set[str]] = {}
+    for wanted in given:
+        matches = {(queue, wanted) for queue, ids in known.items() if wanted in ids}
+        if not matches and len(wanted) >= MIN_ID_PREFIX:
+            matches = {(queue, i) for queue, ids in known.items() for i in ids if i.startswith(wanted)}
+        if len(matches) != 1:
+            where = ", ".join(xq_name(queue) for queue in known)
+            problem = "matches no dead letter" if not matches else f"matches {len(matches)} dead letters"
+            raise DeadLetterNotFound(f"id {excerpt(repr(wanted), 70)} {problem} in {where}")
+        queue, message_id = matches.pop()
+        found.setdefault(queue, set()).add(message_id)
+    return found
+
+
+def _no_error(message: dramatiq.Message[Any]) -> str:
+    return ""
+
+
+def _revived(message: dramatiq.Message[Any], queue: str, *, fresh_retries: bool) -> dramatiq.Message[Any]:
+    """``message`` as a replay publishes it: on ``queue`` (not whatever its body claims),
+    enqueued now, without the options that dated its earlier runs."""
+    options = {key: value for key, value in message.options.items() if key not in _DATING_OPTIONS}
+    if fresh_retries:
+        options.pop("retries", None)
+    return message.copy(queue_name=queue, message_timestamp=int(time.time() * 1000), options=options)
 
 
 def _describe(
     queue: str, properties: Any, body: bytes, stored_error: Callable[[dramatiq.Message[Any]], str]
 ) -> DeadLetter:
-    try:
-        message: dramatiq.Message[Any] | None = dramatiq.Message.decode(body)
-    except DecodeError:
-        message = None
+    message = _decoded(body)
     dead_since = _dead_since(properties)
     if message is None:
         return DeadLetter(
             "?", "?", queue, f"<{len(body)} bytes, not a Dramatiq message>", "", dead_since, None
         )
-    arguments = json.dumps(message.kwargs or list(message.args), default=str)
+    arguments = json.dumps(json_safe(message.kwargs or list(message.args)), default=str)
     return DeadLetter(
         message_id=message.message_id,
         actor=message.actor_name,
         queue=queue,
-        arguments=arguments if len(arguments) <= 60 else arguments[:57] + "...",
+        arguments=excerpt(arguments, 60),
         error=stored_error(message),
         age_seconds=dead_since,
         message=message,
     )
 
 
+def _decoded(body: bytes) -> dramatiq.Message[Any] | None:
+    """The Dramatiq message in ``body``, or None if it is not one with sane fields."""
+    try:
+        message: dramatiq.Message[Any] = dramatiq.Message.decode(body)
+    except DecodeError:
+        return None
+    fields_ok = (
+        isinstance(message.message_id, str)
+        and 0 < len(message.message_id) <= 255
+        and isinstance(message.actor_name, str)
+        and 0 < len(message.actor_name) <= 255
+        and isinstance(message.args, (list, tuple))
+        and isinstance(message.kwargs, dict)
+        and isinstance(message.options, dict)
+    )
+    return message if fields_ok else None
+
+
 def _dead_since(properties: Any) -> float:
-    deaths = (properties.headers or {}).get("x-death") or []
-    died = deaths[0].get("time") if deaths else None
-    return max(0.0, time.time() - died.timestamp()) if died else 0.0
+    headers = properties.headers if isinstance(properties.headers, dict) else {}
+    deaths = headers.get("x-death")
+    died = (
+        deaths[0].get("time") if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict) else None
+    )
+    timestamp = getattr(died, "timestamp", None)  # a datetime, from RabbitMQ
+    return max(0.0, time.time() - timestamp()) if callable(timestamp) else 0.0
