@@ -16,6 +16,7 @@ import pytest
 from pythonjsonlogger.json import JsonFormatter
 
 from shared.logging import (
+    MAX_LINE_BYTES,
     CurrentStreamHandler,
     _iso_utc,
     build_formatter,
@@ -38,12 +39,12 @@ class Stdout:
 @pytest.fixture
 def stdout(capsys: pytest.CaptureFixture[str]) -> Iterator[Stdout]:
     root = logging.getLogger()
-    saved = (list(root.handlers), root.level, sys.excepthook)
+    saved = (list(root.handlers), root.level, sys.excepthook, threading.excepthook, sys.unraisablehook)
     configure_logging(level="INFO", fmt="json")
     yield Stdout(capsys)
     root.handlers[:] = saved[0]
     root.setLevel(saved[1])
-    sys.excepthook = saved[2]
+    sys.excepthook, threading.excepthook, sys.unraisablehook = saved[2:]
     logging.captureWarnings(False)
 
 
@@ -289,3 +290,88 @@ def test_timestamps_are_datetimes_isoformat() -> None:
     created += [float(second) + rng.randrange(1_000_000) / 1e6 for second in range(int(now), int(now) + 50)]
     for value in created:
         assert _iso_utc(value) == datetime.datetime.fromtimestamp(value, tz=datetime.UTC).isoformat(), value
+
+
+def _raw_lines(buffer: Stdout) -> list[str]:
+    lines = buffer.getvalue().splitlines()
+    for line in lines:
+        assert len(line.encode()) <= MAX_LINE_BYTES
+        assert isinstance(json.loads(line), dict)
+    return lines
+
+
+def test_a_huge_message_and_traceback_are_cut_to_one_bounded_line(stdout: Stdout) -> None:
+    try:
+        raise ValueError("é" * 100_000)
+    except ValueError:
+        logging.getLogger("greenroom.test").exception(
+            "body %s", "x" * 200_000, extra={"rows": list(range(50_000))}
+        )
+    [raw] = _raw_lines(stdout)
+    line = json.loads(raw)
+    assert str(line["message"]).startswith("body xxx")
+    assert "[cut: 200005 characters in all]" in str(line["message"])
+    assert "characters in all] ..." in str(line["exc_info"])
+    assert str(line["exc_info"]).rstrip().endswith("é")  # the exception line, at the end, is kept
+    assert "[cut:" in str(line["rows"])
+
+
+def test_many_large_fields_still_fit(stdout: Stdout) -> None:
+    extra = {f"field_{n}": "\x00" * 5_000 for n in range(100)}  # each escapes to 6 bytes a character
+    logging.getLogger("greenroom.test").warning("m", extra=extra)
+    [raw] = _raw_lines(stdout)
+    assert json.loads(raw)["level"] == "WARNING"
+
+
+def _bad_record() -> logging.LogRecord:
+    """A record whose message cannot be formatted (wrong argument count).
+
+    Handed to greenroom's handler directly: pytest's own capturing handler would raise.
+    """
+    return logging.getLogger("greenroom.test").makeRecord(
+        "greenroom.test", logging.INFO, "f.py", 1, "two %s %s", ("one",), None
+    )
+
+
+def _handler() -> CurrentStreamHandler:
+    [handler] = [h for h in logging.getLogger().handlers if isinstance(h, CurrentStreamHandler)]
+    return handler
+
+
+def test_an_error_of_logging_itself_is_one_json_line(stdout: Stdout) -> None:
+    _handler().handle(_bad_record())
+    [raw] = _raw_lines(stdout)
+    line = json.loads(raw)
+    assert line["logger"] == "greenroom.logging"
+    assert "TypeError: not enough arguments for format string" in str(line["message"])
+    assert line["record_message"] == "two %s %s"
+
+
+def test_an_error_of_logging_while_batching_is_one_json_line(stdout: Stdout) -> None:
+    handler = _handler()
+    handler.start_batching()
+    try:
+        handler.handle(_bad_record())
+        logging.getLogger("greenroom.test").info("fine")
+    finally:
+        handler.stop_batching()
+    lines = [json.loads(raw) for raw in _raw_lines(stdout)]
+    assert [line["logger"] for line in lines] == ["greenroom.logging", "greenroom.test"]
+
+
+def test_uncaught_exceptions_in_threads_and_ignored_ones_are_json_lines(stdout: Stdout) -> None:
+    def fail() -> None:
+        raise RuntimeError("in a thread")
+
+    thread = threading.Thread(target=fail, name="doomed")
+    thread.start()
+    thread.join()
+
+    class Finalizer:
+        def __del__(self) -> None:
+            raise RuntimeError("in __del__")
+
+    Finalizer()
+    lines = [json.loads(raw) for raw in _raw_lines(stdout)]
+    assert lines[0]["message"] == "Uncaught exception in thread doomed"
+    assert "RuntimeError: in __del__" in str(lines[1]["exc_info"])
