@@ -60,7 +60,12 @@ QueueOfActor = Callable[[str], "str | None"]
 
 
 class MessageRejected(Exception):
-    """A body that must not be processed: ``field`` names what is wrong, ``reason`` says why."""
+    """A body that must not be processed: ``field`` names what is wrong, ``reason`` says why.
+
+    ``field`` is one of a fixed set of names (``body``, a message field, ``options.<name>``
+    of :data:`OPTION_CHECKS`, ``options.pipe_target.<field>``); what a sender chose only
+    appears, as an excerpt, in ``reason``.
+    """
 
     def __init__(self, field: str, reason: str) -> None:
         super().__init__(f"{field}: {reason}")
@@ -105,7 +110,7 @@ def checked_message(
 
 def _decode(body: bytes) -> dict[str, Any]:
     try:
-        fields = json.loads(body.decode("utf-8"), parse_constant=_refuse_constant)
+        fields = _STRICT_JSON.decode(body.decode("utf-8"))
     except UnicodeDecodeError as error:
         raise MessageRejected("body", f"not UTF-8 ({error.reason} at byte {error.start})") from None
     except (ValueError, RecursionError) as error:
@@ -124,12 +129,12 @@ def check_fields(
     fields: Mapping[str, Any], delivering_queue: str, queue_of_actor: QueueOfActor, now_ms: int
 ) -> None:
     """Check the decoded fields of a message delivered from ``delivering_queue``."""
-    missing = sorted(_FIELDS - fields.keys())
-    if missing:
-        raise MessageRejected(missing[0], "missing")
-    unknown = sorted(fields.keys() - _FIELDS)
-    if unknown:
-        raise MessageRejected(excerpt(unknown[0]), "not a field of a Dramatiq message")
+    if fields.keys() != _FIELDS:
+        missing = sorted(_FIELDS - fields.keys())
+        if missing:
+            raise MessageRejected(missing[0], "missing")
+        unknown = sorted(fields.keys() - _FIELDS)
+        raise MessageRejected("body", f"{excerpt(unknown[0])} is not a field of a Dramatiq message")
     _check_routing(fields, delivering_queue, queue_of_actor)
     _check_identity(fields, now_ms)
     _check_arguments(fields)
@@ -141,6 +146,10 @@ def check_fields(
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+#: JSON as RFC 8259 has it: NaN and Infinity are refused (Python's json accepts them).
+_STRICT_JSON = json.JSONDecoder(parse_constant=_refuse_constant)
 
 
 def _check_routing(fields: Mapping[str, Any], delivering_queue: str, queue_of_actor: QueueOfActor) -> None:
@@ -238,9 +247,9 @@ def _trace_context(name: str, value: Any, _queue_of_actor: QueueOfActor, _now_ms
         if len(key) > MAX_CARRIER_KEY_CHARS:
             raise MessageRejected(field, f"key {excerpt(key)} longer than {MAX_CARRIER_KEY_CHARS} chars")
         if not isinstance(entry, str):
-            raise MessageRejected(f"{field}.{key}", f"must be a string, not {_kind(entry)}")
+            raise MessageRejected(field, f"{key!r} must be a string, not {_kind(entry)}")
         if len(entry) > MAX_CARRIER_VALUE_CHARS:
-            raise MessageRejected(f"{field}.{key}", f"{len(entry)} chars, over {MAX_CARRIER_VALUE_CHARS}")
+            raise MessageRejected(field, f"{key!r} is {len(entry)} chars, over {MAX_CARRIER_VALUE_CHARS}")
 
 
 def _forbidden(name: str, value: Any, _queue_of_actor: QueueOfActor, _now_ms: int) -> None:
