@@ -13,9 +13,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import dramatiq
-from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.brokers.rabbitmq import MAX_ENQUEUE_ATTEMPTS, RabbitmqBroker
 from dramatiq.common import xq_name
 from dramatiq.middleware import (
     AgeLimit,
@@ -186,12 +187,32 @@ def build_broker(
         *([FreezeBootObjects()] if role == "worker" else []),  # last: after every other boot step
     ]
     return GreenroomBroker(
-        url=settings.rabbitmq_url,
+        url=connection_url(settings),
         confirm_delivery=settings.BROKER_CONFIRM_DELIVERY,
         middleware=middleware,
         dead_letter_ttl_ms=settings.DEAD_LETTER_TTL_SECONDS * 1000,
         max_message_bytes=settings.MAX_MESSAGE_BYTES,
     )
+
+
+_BLOCKED_TIMEOUT = "blocked_connection_timeout"  # pika's URL query parameter
+
+
+def connection_url(settings: Settings) -> str:
+    """RABBITMQ_URL with a ``blocked_connection_timeout`` (replacing one it names).
+
+    During a memory or disk alarm RabbitMQ blocks every connection that publishes;
+    pika then closes a connection blocked for this long, and Dramatiq retries the
+    enqueue on a new one (MAX_ENQUEUE_ATTEMPTS in all). A share of
+    SEND_RETRY_TIMEOUT_SECONDS per attempt makes ``send`` and ``send_many`` raise
+    PublishError within that timeout, and a worker thread's enqueue (Retries)
+    raise ConnectionClosed, instead of waiting for the alarm to end.
+    """
+    parts = urlsplit(settings.rabbitmq_url)
+    timeout = settings.SEND_RETRY_TIMEOUT_SECONDS / MAX_ENQUEUE_ATTEMPTS
+    query = [pair for pair in parse_qsl(parts.query, keep_blank_values=True) if pair[0] != _BLOCKED_TIMEOUT]
+    query.append((_BLOCKED_TIMEOUT, f"{timeout:g}"))
+    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 def install_broker(settings: Settings) -> RabbitmqBroker:

@@ -14,7 +14,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -255,3 +255,54 @@ def run_cli(
     return subprocess.run(
         [GREENROOM, *args], env=dict(env), cwd=cwd, capture_output=True, text=True, timeout=timeout
     )
+
+
+#: A disk free limit no machine here meets (1 PB): setting it raises RabbitMQ's disk alarm.
+_ALARMING_DISK_FREE_LIMIT = str(10**15)
+
+
+@contextlib.contextmanager
+def rabbitmq_disk_alarm(max_seconds: float = 30) -> Iterator[None]:
+    """Hold a disk alarm on the machine's RabbitMQ for the ``with`` block: every connection that
+    publishes is blocked (consumers go on). Afterwards the node's disk free limit is set back to the
+    value it had and the alarm is seen cleared, also when the block raises or is interrupted (Ctrl-C
+    is held back until then). Keep the block short: other tests on the node are blocked too.
+    ``max_seconds`` bounds each wait for the alarm to appear or clear."""
+    limit = _rabbitmqctl_eval("rabbit_disk_monitor:get_disk_free_limit().")
+    if not limit.isdigit() or limit == _ALARMING_DISK_FREE_LIMIT:
+        raise RuntimeError(f"unexpected disk free limit {limit!r}: is an earlier alarm still raised?")
+    try:
+        _rabbitmqctl("set_disk_free_limit", _ALARMING_DISK_FREE_LIMIT)
+        wait_for(_disk_alarm_raised, max_seconds, "RabbitMQ's disk alarm", interval=0.2)
+        yield
+    finally:
+        with _interrupts_held_back():
+            _rabbitmqctl("set_disk_free_limit", limit)
+            wait_for(lambda: not _disk_alarm_raised(), max_seconds, "the disk alarm to clear", interval=0.2)
+
+
+def _disk_alarm_raised() -> bool:
+    return "resource_limit,disk" in _rabbitmqctl_eval("rabbit_alarm:get_alarms().")
+
+
+def _rabbitmqctl(*args: str) -> str:
+    return subprocess.run(
+        ["rabbitmqctl", "-q", *args], check=True, capture_output=True, text=True, timeout=60
+    ).stdout.strip()
+
+
+def _rabbitmqctl_eval(expression: str) -> str:
+    return _rabbitmqctl("eval", expression)
+
+
+@contextlib.contextmanager
+def _interrupts_held_back() -> Iterator[None]:
+    """SIGINT (Ctrl-C) arriving in the block is delivered after it (on the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
