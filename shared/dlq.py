@@ -223,7 +223,15 @@ def _revived(message: dramatiq.Message[Any], queue: str, *, fresh_retries: bool)
     options = {key: value for key, value in message.options.items() if key not in _DATING_OPTIONS}
     if fresh_retries:
         options.pop("retries", None)
-    return message.copy(queue_name=queue, message_timestamp=int(time.time() * 1000), options=options)
+    return dramatiq.Message(  # not message.copy(): that merges the old options back in
+        queue_name=queue,
+        actor_name=message.actor_name,
+        args=message.args,
+        kwargs=message.kwargs,
+        options=options,
+        message_id=message.message_id,
+        message_timestamp=int(time.time() * 1000),
+    )
 
 
 def _describe(

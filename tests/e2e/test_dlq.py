@@ -55,7 +55,8 @@ def test_list_replay_and_purge_dead_letters(
 
     # When: purge without confirmation (no terminal answers), then with --yes
     refused = run_cli(["dlq", "purge", "--queue", "default"], service_env, workdir)
-    assert "default.XQ: left as it was" in refused.stdout
+    assert refused.returncode == 1
+    assert "default.XQ: left as it was" in refused.stderr
     assert _dead(producer) == 3
     purged = run_cli(["dlq", "purge", "--queue", "default", "--yes"], service_env, workdir)
     assert "default.XQ: purged 3" in purged.stdout
