@@ -65,14 +65,19 @@ def traces_endpoint() -> str:
 class OtlpHttpSpanExporter(SpanExporter):
     """Spans to an OTLP/HTTP endpoint, configured by the OTEL_EXPORTER_OTLP_* variables.
 
+    ``endpoint`` (the full URL, ``.../v1/traces``) replaces the endpoint variables;
     ``transport`` replaces the standard-library one (tests); ``max_request_size``
     (bytes before compression, 0 for no limit) defaults to the library's 64 MiB.
     """
 
     def __init__(
-        self, *, transport: BaseHTTPTransport | None = None, max_request_size: int | None = None
+        self,
+        *,
+        endpoint: str | None = None,
+        transport: BaseHTTPTransport | None = None,
+        max_request_size: int | None = None,
     ) -> None:
-        endpoint = traces_endpoint()
+        endpoint = endpoint or traces_endpoint()
         self._client = _OTLPHTTPClient(
             transport=transport or StdlibHttpTransport(verify=_tls_verify(), cert=_client_certificate()),
             endpoint=endpoint,

@@ -1,9 +1,11 @@
 """Create, flush and shut down the OpenTelemetry TracerProvider of one process.
 
-The SDK reads its own environment variables here, as the specification
-defines them: OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT / HEADERS / TIMEOUT,
-OTEL_TRACES_SAMPLER(_ARG), OTEL_RESOURCE_ATTRIBUTES, OTEL_SERVICE_NAME,
-OTEL_BSP_*. The caller picks the protocol and the defaults.
+The caller passes the endpoint, protocol, sampler, service name and batch
+limits (greenroom takes them from its settings, so a value from ``.env`` is in
+effect too). The OTLP exporters still read the variables the caller does not
+pass (OTEL_EXPORTER_OTLP_(TRACES_)HEADERS / TIMEOUT / COMPRESSION / CERTIFICATE),
+and OTEL_RESOURCE_ATTRIBUTES is merged into the resource, as the specification
+defines them.
 
 Create the provider in the process that will export: a BatchSpanProcessor's
 thread does not survive fork, so worker processes call this after Dramatiq
@@ -19,9 +21,12 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
+import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -29,8 +34,15 @@ import dramatiq
 from dramatiq.middleware import Middleware
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    ParentBased,
+    Sampler,
+    TraceIdRatioBased,
+)
 
 logger = logging.getLogger("greenroom.tracing")
 
@@ -47,8 +59,9 @@ CREDENTIAL_PROVIDER_VARIABLES = (
 )
 
 
-def build_exporter(protocol: OtlpProtocol) -> SpanExporter:
-    """The OTLP span exporter for ``protocol``; endpoint and headers come from OTEL_* variables.
+def build_exporter(protocol: OtlpProtocol, endpoint: str | None = None) -> SpanExporter:
+    """The OTLP span exporter for ``protocol``, sending to ``endpoint`` (for OTLP/HTTP the
+    full URL, ``.../v1/traces``); without one, the OTEL_EXPORTER_OTLP_* variables say where.
 
     For http/protobuf it is greenroom's light exporter, except where only the
     library's ``requests``-based one can do the job: an HTTP(S)_PROXY that
@@ -57,14 +70,15 @@ def build_exporter(protocol: OtlpProtocol) -> SpanExporter:
     if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
 
-        return GrpcExporter()
+        return GrpcExporter(endpoint=endpoint)
     from observability.otlp_http_exporter import OtlpHttpSpanExporter, traces_endpoint
 
-    if _proxied(traces_endpoint()) or any(os.environ.get(name) for name in CREDENTIAL_PROVIDER_VARIABLES):
+    endpoint = endpoint or traces_endpoint()
+    if _proxied(endpoint) or any(os.environ.get(name) for name in CREDENTIAL_PROVIDER_VARIABLES):
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
 
-        return HttpExporter()
-    return OtlpHttpSpanExporter()
+        return HttpExporter(endpoint=endpoint)
+    return OtlpHttpSpanExporter(endpoint=endpoint)
 
 
 def _proxied(url: str) -> bool:
@@ -76,24 +90,78 @@ def _proxied(url: str) -> bool:
     return proxied and not urllib.request.proxy_bypass(parts.hostname or "")
 
 
-#: Spans per export request unless OTEL_BSP_MAX_EXPORT_BATCH_SIZE (or OTEL_BSP_MAX_QUEUE_SIZE)
-#: is set. With the SDK's 512 a busy worker holds more finished spans at once (a batch
-#: being sent while the next fills): `greenroom bench` measured a peak RSS of 48.9 MiB
-#: per worker process with 512 and 46.6 MiB with 128 (N=8000, P=2, T=8), the same CPU.
+#: Spans per export request unless OTEL_BSP_MAX_EXPORT_BATCH_SIZE is set. With the SDK's
+#: 512 a busy worker holds more finished spans at once (a batch being sent while the next
+#: fills): `greenroom bench` measured a peak RSS of 48.9 MiB per worker process with 512
+#: and 46.6 MiB with 128 (N=8000, P=2, T=8), the same CPU.
 EXPORT_BATCH_SIZE = 128
 
 
-def _export_batch_size() -> int | None:
-    """greenroom's default batch size, or None to let the SDK read its OTEL_BSP_* variables."""
-    if os.environ.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") or os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE"):
-        return None
-    return EXPORT_BATCH_SIZE
+@dataclass(frozen=True)
+class BatchLimits:
+    """The BatchSpanProcessor's limits (OTEL_BSP_*); None means the default.
+
+    The defaults are the SDK's, except the export batch: ``EXPORT_BATCH_SIZE``,
+    or the queue size if that is smaller.
+
+    >>> BatchLimits(max_queue_size=64).export_batch_size
+    64
+    """
+
+    max_queue_size: int | None = None
+    schedule_delay_millis: int | None = None
+    max_export_batch_size: int | None = None
+    export_timeout_millis: int | None = None
+
+    @property
+    def queue_size(self) -> int:
+        return self.max_queue_size or 2048
+
+    @property
+    def export_batch_size(self) -> int:
+        return self.max_export_batch_size or min(EXPORT_BATCH_SIZE, self.queue_size)
+
+    def processor(self, exporter: SpanExporter) -> BatchSpanProcessor:
+        """A BatchSpanProcessor with these limits (the SDK reads no OTEL_BSP_* variable then)."""
+        return BatchSpanProcessor(
+            exporter,
+            max_queue_size=self.queue_size,
+            schedule_delay_millis=self.schedule_delay_millis or 5000,
+            max_export_batch_size=self.export_batch_size,
+            export_timeout_millis=self.export_timeout_millis or 30000,
+        )
 
 
-def build_resource(*, default_service_name: str, service_version: str, process_type: str) -> Resource:
-    """Resource with service.version and the process type; OTEL_SERVICE_NAME and a
-    service.name in OTEL_RESOURCE_ATTRIBUTES win over ``default_service_name``."""
-    resource = Resource.create({SERVICE_VERSION: service_version, PROCESS_TYPE_ATTRIBUTE: process_type})
+#: OTEL_TRACES_SAMPLER values and the samplers they name (ratio samplers take the argument).
+_SAMPLERS: dict[str, Callable[[float], Sampler]] = {
+    "always_on": lambda _: ALWAYS_ON,
+    "always_off": lambda _: ALWAYS_OFF,
+    "traceidratio": TraceIdRatioBased,
+    "parentbased_always_on": lambda _: ParentBased(ALWAYS_ON),
+    "parentbased_always_off": lambda _: ParentBased(ALWAYS_OFF),
+    "parentbased_traceidratio": lambda ratio: ParentBased(TraceIdRatioBased(ratio)),
+}
+
+
+def build_sampler(name: str | None, argument: float | None) -> Sampler:
+    """The sampler OTEL_TRACES_SAMPLER ``name`` (default ``parentbased_always_on``) names,
+    with OTEL_TRACES_SAMPLER_ARG ``argument`` as the ratio (default 1.0), as the SDK reads them.
+
+    >>> build_sampler("traceidratio", 0.25).get_description()
+    'TraceIdRatioBased{0.25}'
+    """
+    return _SAMPLERS[name or "parentbased_always_on"](1.0 if argument is None else argument)
+
+
+def build_resource(
+    *, default_service_name: str, service_version: str, process_type: str, service_name: str | None = None
+) -> Resource:
+    """Resource with service.version and the process type; ``service_name`` (OTEL_SERVICE_NAME),
+    else a service.name in OTEL_RESOURCE_ATTRIBUTES, wins over ``default_service_name``."""
+    attributes: dict[str, str] = {SERVICE_VERSION: service_version, PROCESS_TYPE_ATTRIBUTE: process_type}
+    if service_name:
+        attributes[SERVICE_NAME] = service_name
+    resource = Resource.create(attributes)
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME: default_service_name}))
     return resource
@@ -105,24 +173,34 @@ def configure_tracer_provider(
     service_version: str,
     process_type: str,
     protocol: OtlpProtocol,
+    endpoint: str | None = None,
+    service_name: str | None = None,
+    sampler: Sampler | None = None,
+    batch_limits: BatchLimits | None = None,
+    drop_while_unreachable: bool = False,
     exporter: SpanExporter | None = None,
 ) -> TracerProvider:
     """Create the process's TracerProvider (batching to OTLP) and make it the global one.
 
-    The SDK's own exit hook is off (it may wait 30 s for an unreachable
-    collector); callers flush with :func:`shutdown_tracer_provider`.
+    ``drop_while_unreachable`` (short-lived processes) wraps the exporter in
+    :class:`DropWhileUnreachable`. The SDK's own exit hook is off (it may wait
+    30 s for an unreachable collector); callers flush with
+    :func:`shutdown_tracer_provider`.
     """
     provider = TracerProvider(
+        sampler=sampler or build_sampler(None, None),
         resource=build_resource(
             default_service_name=default_service_name,
             service_version=service_version,
             process_type=process_type,
+            service_name=service_name,
         ),
         shutdown_on_exit=False,
     )
-    provider.add_span_processor(
-        BatchSpanProcessor(exporter or build_exporter(protocol), max_export_batch_size=_export_batch_size())
-    )
+    exporter = exporter or build_exporter(protocol, endpoint)
+    if drop_while_unreachable and endpoint is not None:
+        exporter = DropWhileUnreachable(exporter, endpoint=endpoint)
+    provider.add_span_processor((batch_limits or BatchLimits()).processor(exporter))
     trace.set_tracer_provider(provider)
     return provider
 
@@ -168,3 +246,76 @@ class TracerProviderLifecycle(Middleware):
         if shutdown_tracer_provider(self.provider, timeout_seconds=self.flush_timeout_seconds):
             logger.info("Spans flushed.")
         self.provider = None
+
+
+class DropWhileUnreachable(SpanExporter):
+    """Drops span batches while nothing accepts a connection at the collector's address,
+    with one warning per outage, instead of the exporter's retries and a warning per
+    batch and retry.
+
+    For short-lived processes (``greenroom send``, ``check``, ``dlq``): without a
+    collector they exit at once instead of waiting out the retries. Before each batch
+    it opens (and closes) a TCP connection to the endpoint, waiting at most
+    ``connect_timeout_seconds``; after a failure it drops batches without trying for
+    ``recheck_seconds``. An endpoint reached through a proxy is not checked.
+
+    >>> exporter = DropWhileUnreachable(build_exporter("http/protobuf", url), endpoint=url)
+    """
+
+    def __init__(
+        self,
+        exporter: SpanExporter,
+        *,
+        endpoint: str,
+        connect_timeout_seconds: float = 1.0,
+        recheck_seconds: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.exporter = exporter
+        self.endpoint = endpoint
+        self.connect_timeout_seconds = connect_timeout_seconds
+        self.recheck_seconds = recheck_seconds
+        self.clock = clock
+        self._down_until: float | None = None  # set while the collector is unreachable
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if self._down_until is not None and self.clock() < self._down_until:
+            return SpanExportResult.FAILURE
+        problem = (
+            None
+            if _proxied(self.endpoint)
+            else connection_problem(self.endpoint, self.connect_timeout_seconds)
+        )
+        if problem is None:
+            self._down_until = None
+            return self.exporter.export(spans)
+        if self._down_until is None:
+            logger.warning(
+                "Spans not exported: no OTLP collector accepts connections at %s (%s); "
+                "this process drops its spans while it is unreachable.",
+                self.endpoint,
+                problem,
+            )
+        self._down_until = self.clock() + self.recheck_seconds
+        return SpanExportResult.FAILURE
+
+    def shutdown(self) -> None:
+        self.exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.exporter.force_flush(timeout_millis)
+
+
+def connection_problem(endpoint: str, timeout_seconds: float) -> str | None:
+    """Why a TCP connection to ``endpoint``'s host and port fails (None if it opens).
+
+    >>> connection_problem("http://127.0.0.1:9/v1/traces", 1.0)
+    '[Errno 111] Connection refused'
+    """
+    parts = urlsplit(endpoint)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname or "localhost", port), timeout=timeout_seconds).close()
+    except OSError as error:
+        return str(error) or type(error).__name__
+    return None

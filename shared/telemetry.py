@@ -3,6 +3,10 @@
 Workers get a TracerProvider per process after Dramatiq forks them (through
 ``TracerProviderLifecycle``); a producer process gets one on first use, unless
 the host application has already installed its own, which is then respected.
+
+Every OTEL_* value the settings declare (endpoint, protocol, service name,
+sampler, OTEL_BSP_*) is passed to the SDK from the settings, so one read from
+``.env`` is in effect as ``greenroom config`` shows it.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
 from observability.tracer_provider import (
+    BatchLimits,
     TracerProviderLifecycle,
+    build_sampler,
     configure_tracer_provider,
     shutdown_tracer_provider,
 )
@@ -31,13 +37,27 @@ _producer_setup_lock = threading.Lock()
 
 
 def provider_factory(settings: Settings, role: Role) -> Callable[[], TracerProvider]:
-    """A function that creates this process's provider from the settings."""
+    """A function that creates this process's provider from the settings.
+
+    A producer process drops its spans while the collector is unreachable (one
+    warning) instead of retrying: a command then exits at once without one.
+    """
     return functools.partial(
         configure_tracer_provider,
         default_service_name=f"greenroom-{role}",
         service_version=__version__,
         process_type=settings.PROCESS_TYPE or role,
         protocol=settings.otlp_traces_protocol,
+        endpoint=settings.otlp_traces_endpoint,
+        service_name=settings.OTEL_SERVICE_NAME,
+        sampler=build_sampler(settings.OTEL_TRACES_SAMPLER, settings.OTEL_TRACES_SAMPLER_ARG),
+        batch_limits=BatchLimits(
+            max_queue_size=settings.OTEL_BSP_MAX_QUEUE_SIZE,
+            schedule_delay_millis=settings.OTEL_BSP_SCHEDULE_DELAY,
+            max_export_batch_size=settings.OTEL_BSP_MAX_EXPORT_BATCH_SIZE,
+            export_timeout_millis=settings.OTEL_BSP_EXPORT_TIMEOUT,
+        ),
+        drop_while_unreachable=role == "producer",
     )
 
 
@@ -63,7 +83,9 @@ def ensure_producer_tracing(settings: Settings) -> None:
     """Install a TracerProvider in a producer process unless one is already there.
 
     Its spans are flushed when the process exits, waiting at most
-    TRACING_FLUSH_TIMEOUT_SECONDS (so a CLI call never hangs on a missing collector).
+    TRACING_FLUSH_TIMEOUT_SECONDS for a collector that answers slowly; with none
+    listening, it gives up after one connection attempt (at most a second) and
+    one warning.
     """
     if not settings.tracing_active:
         return
