@@ -330,9 +330,9 @@ def _timeout_seconds(timeout: object) -> float:
     try:
         seconds = float(timeout)
     except (OverflowError, ValueError):
-        seconds = math.inf
+        raise InvalidParameter("timeout", "must be a finite number of seconds, got one too large") from None
     if not math.isfinite(seconds):
-        raise InvalidParameter("timeout", f"must be a finite number of seconds, got {timeout!r:.40}")
+        raise InvalidParameter("timeout", f"must be a finite number of seconds, got {seconds}")
     return seconds
 
 
