@@ -119,6 +119,12 @@ QUEUE_WAIT = Histogram(
     buckets=WAIT_BUCKETS,
     registry=None,
 )
+REJECTED = Counter(
+    "greenroom_messages_rejected",
+    "Messages dead-lettered on arrival because a check of their body failed, by the field named.",
+    ["queue", "field"],
+    registry=None,
+)
 IN_PROGRESS = Gauge(
     "greenroom_tasks_in_progress",
     "Tasks being processed right now.",
@@ -259,6 +265,10 @@ class Metrics(Middleware):
 
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         self._finish(message, "failure" if message.failed else "skipped")  # failure: dead-lettered
+
+    def after_reject_message(self, broker: dramatiq.Broker, queue_name: str, rejection: Any) -> None:
+        """A body failed its checks on arrival (:mod:`shared.consumer`); rare, so counted at once."""
+        REJECTED.labels(queue_name, rejection.field).inc()
 
     def _finish(self, message: MessageProxy, outcome: str) -> None:
         started = self._started.pop(threading.get_ident(), None)

@@ -5,7 +5,8 @@ queue can write it). Before a worker thread sees a delivery, the consumer checks
 it with :func:`shared.message_checks.checked_message` against the queue that
 delivered it; one that fails is dead-lettered at once (``basic.nack`` without
 requeue, so RabbitMQ moves it to ``<queue>.XQ``) with one WARNING line naming
-the field and why, and is never retried.
+the field and why, and is never retried. Middleware hear of it through the
+``after_reject_message(broker, queue_name, rejection)`` hook.
 
 **Settled on the channel that delivered it.** Each message remembers the consumer
 (channel) it came from. A message finishing after that consumer's connection was
@@ -125,6 +126,7 @@ class GreenroomConsumer(_RabbitmqConsumer):
             },
         )
         self._finish(tag, acked=False, known=False)
+        self.broker.emit_after("reject_message", self.queue_name, rejection)
 
     def ack(self, message: Any) -> None:
         self._settle(message, acked=True)

@@ -234,7 +234,8 @@ def _pipe_target(name: str, value: Any, queue_of_actor: QueueOfActor, now_ms: in
     try:
         check_fields(value, target_queue, queue_of_actor, now_ms)
     except MessageRejected as inner:
-        raise MessageRejected(f"options.{name}.{inner.field}", inner.reason) from None
+        nested = "options.pipe_target" if inner.field.startswith("options.pipe_target") else inner.field
+        raise MessageRejected(f"options.{name}.{nested}", inner.reason) from None
 
 
 def _trace_context(name: str, value: Any, _queue_of_actor: QueueOfActor, _now_ms: int) -> None:

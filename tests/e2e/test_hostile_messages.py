@@ -166,6 +166,18 @@ def _capacity(worker: Worker) -> float:
     return float(line.split()[1])
 
 
+def _rejected_counts(worker: Worker) -> dict[tuple[str, str], float]:
+    """greenroom_messages_rejected_total by (queue, field)."""
+    _, text = http_get(worker.url("/metrics"))
+    counts = {}
+    for line in text.splitlines():
+        if line.startswith("greenroom_messages_rejected_total{"):
+            labels, value = line[len("greenroom_messages_rejected_total{") :].split("} ")
+            pairs = dict(pair.split("=", 1) for pair in labels.split(","))
+            counts[(pairs["queue"].strip('"'), pairs["field"].strip('"'))] = float(value)
+    return counts
+
+
 @pytest.mark.e2e
 def test_hostile_messages_are_dead_lettered_and_nothing_else_is_lost(
     start_worker: StartWorker, producer: Producer, rabbitmq_url: str
@@ -209,6 +221,10 @@ def test_hostile_messages_are_dead_lettered_and_nothing_else_is_lost(
         producer.send("reports.build", report_id="after", rows=10).result(timeout=30)["report_id"] == "after"
     )
     assert _capacity(worker) == 4
+    expected_counts: dict[tuple[str, str], float] = {}
+    for case in CASES:
+        expected_counts[(case.queue, case.field)] = expected_counts.get((case.queue, case.field), 0) + 1
+    wait_for(lambda: _rejected_counts(worker) == expected_counts, 5, "greenroom_messages_rejected_total")
     # a trace context that is only malformed is ignored, and the warning about it quotes an excerpt
     odd = _fields(options={"greenroom_trace_context": {"traceparent": "00-zz", "baggage": "x" * 8000}})
     _publish(rabbitmq_url, "default", json.dumps(odd).encode())
