@@ -25,7 +25,6 @@ from dramatiq.middleware import (
     Middleware,
     MiddlewareError,
     Pipelines,
-    Retries,
     ShutdownNotifications,
     TimeLimit,
 )
@@ -36,6 +35,7 @@ from observability.task_logging import TaskLogging
 from shared.consumer import GreenroomConsumer
 from shared.logging import BatchedWorkerLogs
 from shared.queue_arguments import dead_letter_arguments
+from shared.retries import RetriesKeepingFailedEnqueues
 from shared.settings import Settings
 from shared.telemetry import Role, tracing_middleware
 from shared.worker_gc import FreezeBootObjects
@@ -174,7 +174,7 @@ def build_broker(
         ShutdownNotifications(),
         Callbacks(),
         Pipelines(),
-        Retries(
+        RetriesKeepingFailedEnqueues(
             max_retries=settings.TASK_MAX_RETRIES,
             min_backoff=int(settings.TASK_MIN_BACKOFF_SECONDS * 1000),
             max_backoff=int(settings.TASK_MAX_BACKOFF_SECONDS * 1000),

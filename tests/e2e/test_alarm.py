@@ -56,3 +56,23 @@ def test_a_disk_alarm_shorter_than_the_send_timeout_under_load(
     print(f"\nFAULT | RabbitMQ disk alarm {ALARM_SECONDS:g} s | sent {len(handles)} | "
           f"present {len(results)} | duplicates {duplicates} | dead-lettered {dead} | "
           f"recovered in {recovery:.1f}s")  # fmt: skip
+
+
+def test_a_retry_that_cannot_be_enqueued_during_an_alarm_is_dead_lettered_not_lost(
+    start_worker: StartWorker, producer: Producer
+) -> None:
+    # Given: a task that fails once, waiting for a worker whose enqueues give up after 1 s
+    handle = producer.send("reports.sync_inventory", source="erp", fail_first=1)
+
+    # When: it fails while RabbitMQ blocks publishers, so its retry cannot be enqueued
+    with rabbitmq_disk_alarm():
+        worker = start_worker(
+            processes=1, threads=1, queues=("reports",), env={"SEND_RETRY_TIMEOUT_SECONDS": "1"}
+        )
+        [event] = worker.wait_for_task_events(1, timeout=20)
+
+    # Then: the message is a dead letter (replayable), and the line says why
+    assert event["event"] == "failed" and event["message_id"] == handle.message_id
+    wait_for(lambda: producer.broker.get_queue_message_counts("reports")[2] == 1, 10, "the dead letter")
+    [line] = [line for line in worker.json_lines() if line.get("logger") == "greenroom.retries"]
+    assert handle.message_id in line["message"] and "dead-lettered instead" in line["message"]

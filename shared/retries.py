@@ -1,0 +1,49 @@
+"""Retries whose re-enqueue can fail without losing the message.
+
+Dramatiq's Retries re-enqueues a failed message from the worker thread. When
+that publish fails (RabbitMQ unreachable, or blocking publishers during a
+memory or disk alarm for longer than the connection's
+``blocked_connection_timeout``), the error would end up in the broker's hook
+error handler and the original message would then be acknowledged: the retry
+lost. Here the message is failed instead, so it is dead-lettered (``greenroom
+dlq replay`` brings it back) and the task line says ``failed``.
+
+>>> Retries = RetriesKeepingFailedEnqueues  # in build_broker's middleware list
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import dramatiq
+from dramatiq.broker import MessageProxy
+from dramatiq.errors import BrokerConnectionError
+from dramatiq.middleware import Retries
+
+logger = logging.getLogger("greenroom.retries")
+
+
+class RetriesKeepingFailedEnqueues(Retries):
+    """Dramatiq's Retries; a retry that cannot be enqueued dead-letters the message instead."""
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: MessageProxy,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        try:
+            super().after_process_message(  # type: ignore[no-untyped-call]
+                broker, message, result=result, exception=exception
+            )
+        except BrokerConnectionError as error:
+            message.fail()
+            logger.error(
+                "Could not enqueue the retry of message %s (%s); it is dead-lettered instead "
+                "(greenroom dlq replay brings it back)",
+                message.message_id,
+                str(error) or type(error).__name__,
+            )
