@@ -140,9 +140,10 @@ def test_replay_under_the_new_value_says_why_and_keeps_the_dead_letter(
     env = {**service_env, "TRACING_ENABLED": "false"}
     completed = run_cli(["dlq", "replay", "--queue", BENCH_QUEUE, "--all"], env, workdir)
 
-    assert completed.returncode == 1
-    assert completed.stderr.splitlines()[-1].startswith(
-        f"greenroom: could not replay {dead.message_id}: DEAD_LETTER_TTL_SECONDS=604800"
+    assert completed.returncode == 2
+    assert completed.stderr.splitlines() == [completed.stderr.strip()]
+    assert completed.stderr.startswith(
+        "greenroom: error: could not publish 1 replayed dead letter(s): DEAD_LETTER_TTL_SECONDS=604800"
     )
     kept = take_all(rabbitmq_url, f"{BENCH_QUEUE}.XQ")
     assert [dramatiq.Message.decode(body).message_id for body in kept] == [dead.message_id]
@@ -181,8 +182,9 @@ def test_worker_and_send_refused_by_rabbitmq_say_so_at_once_without_the_password
     assert refused in worker.stderr
     assert worker.stderr.count("\n") == 1
     assert worker.stdout == ""
-    assert send.returncode == 1
-    assert send.stderr.splitlines()[-1].startswith("greenroom: could not publish message ")
+    assert send.returncode == 2  # as the worker's, for the same cause
+    assert send.stderr.count("\n") == 1
+    assert send.stderr.startswith("greenroom: error: could not publish message ")
     assert refused in send.stderr.splitlines()[-1]
     assert send_seconds < 5  # not retried for SEND_RETRY_TIMEOUT_SECONDS (10 s)
     assert "wrong-secret" not in worker.stderr + worker.stdout + send.stderr + send.stdout
