@@ -41,6 +41,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import pika.exceptions
@@ -52,6 +53,9 @@ from dramatiq.errors import ConnectionClosed
 from shared.message_checks import EXCERPT_CHARS, MessageRejected, checked_message, excerpt
 
 logger = logging.getLogger("greenroom.consumer")
+
+#: How many message ids one line lists at most.
+MAX_IDS_LOGGED = 100
 
 
 class DeliveredMessage(MessageProxy):
@@ -127,6 +131,18 @@ class GreenroomConsumer(_RabbitmqConsumer):
         )
         self._finish(tag, acked=False, known=False)
         self.broker.emit_after("reject_message", self.queue_name, rejection)
+
+    def requeue(self, messages: Iterable[Any]) -> None:
+        """Dramatiq hands back the delayed messages this consumer held when it closes; RabbitMQ
+        redelivers them once the channel closes, so only say which they are."""
+        message_ids = [message.message_id for message in messages]
+        if message_ids:
+            logger.info(
+                "Returning %d delayed message(s) of %r to RabbitMQ unstarted",
+                len(message_ids),
+                self.queue_name,
+                extra={"queue": self.queue_name, "message_ids": message_ids[:MAX_IDS_LOGGED]},
+            )
 
     def ack(self, message: Any) -> None:
         self._settle(message, acked=True)

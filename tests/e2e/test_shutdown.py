@@ -7,6 +7,9 @@ import signal
 import time
 from pathlib import Path
 
+import dramatiq
+import pika
+
 from shared.producer import Producer
 from tests.e2e.conftest import StartWorker
 from tests.support import http_get, wait_for
@@ -152,3 +155,30 @@ def test_sigterm_to_the_whole_process_group_is_still_graceful(
     assert worker.count("Ignoring a repeated SIGTERM") == 1
     assert len(_succeeded(worker.task_events())) == 4
     assert [h.result(timeout=1) for h in handles] == [0, 1, 2, 3]
+
+
+def test_shutdown_names_the_delayed_messages_a_worker_held(
+    start_worker: StartWorker, producer: Producer, rabbitmq_url: str
+) -> None:
+    # Given: a worker holding a message that is due in a minute (Dramatiq keeps it in memory)
+    worker = start_worker(processes=1, threads=1, queues=("default",))
+    delayed = dramatiq.Message(
+        queue_name="default.DQ",
+        actor_name="echo",
+        args=(),
+        kwargs={"payload": "later"},
+        options={"eta": int(time.time() * 1000) + 60_000},
+    )
+    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
+    connection.channel().basic_publish(exchange="", routing_key="default.DQ", body=delayed.encode())
+    connection.close()
+    wait_for(lambda: producer.broker.get_queue_message_counts("default")[1] == 0, 10, "the worker to hold it")
+
+    # When
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(timeout=SHUTDOWN_TIMEOUT + 10) == 0
+
+    # Then: one line names it, and it is back in the delay queue, not lost
+    [line] = [line for line in worker.json_lines() if line["message"].startswith("Returning 1 delayed")]
+    assert line["message_ids"] == [delayed.message_id] and line["queue"] == "default.DQ"
+    wait_for(lambda: producer.broker.get_queue_message_counts("default")[1] == 1, 10, "it back in default.DQ")
