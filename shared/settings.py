@@ -18,7 +18,7 @@ import functools
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qs, unquote, urlencode, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
@@ -210,13 +210,16 @@ class Settings(BaseSettings):
         parts = urlsplit(value.get_secret_value())
         if parts.username is not None and parts.password is None:
             raise ValueError("a user name needs a password (amqp://user:password@host/vhost)")
+        _check_amqp_query(parts)
         return value
 
     @field_validator("REDIS_URL")
     @classmethod
     def _redis_url(cls, value: SecretStr) -> SecretStr:
         _check_url(value, ("redis", "rediss"))
-        _check_redis_database(urlsplit(value.get_secret_value()))
+        parts = urlsplit(value.get_secret_value())
+        _check_redis_database(parts)
+        _check_redis_query(parts)
         return value
 
     @field_validator("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
@@ -350,15 +353,39 @@ def _check_redis_database(parts: SplitResult) -> None:
                 f"the database (path /N or ?db=N) must be a number from 0 to {MAX_REDIS_DB}, "
                 "as in redis://host:6379/0"
             )
+
+
+def _check_redis_query(parts: SplitResult) -> None:
+    """Each ``?name=value`` of a Redis URL must be one redis-py can use (the reason names only ``name``)."""
     from redis.connection import URL_QUERY_ARGUMENT_PARSERS  # imported here: only this check needs it
 
     for name, values in parse_qs(parts.query).items():
         parser = URL_QUERY_ARGUMENT_PARSERS.get(name)
         try:
+            if _non_finite(values[0]):
+                raise ValueError
             if parser is not None:
                 parser(values[0])
         except (TypeError, ValueError):
             raise ValueError(f"?{name}= has a value redis-py cannot use") from None
+
+
+def _check_amqp_query(parts: SplitResult) -> None:
+    """Each ``?name=value`` of an AMQP URL must be one pika takes (the reason names only ``name``)."""
+    import pika  # imported here: only this check needs it
+
+    for name, values in parse_qs(parts.query, keep_blank_values=True).items():
+        try:
+            if _non_finite(values[-1]):
+                raise ValueError
+            pika.URLParameters(f"{parts.scheme}://127.0.0.1/?{urlencode({name: values[-1]})}")
+        except Exception:  # pika raises ValueError, TypeError, SyntaxError ... for a bad option
+            raise ValueError(f"?{name}= is not an option pika takes, or has a value it cannot use") from None
+
+
+def _non_finite(value: str) -> bool:
+    """Whether ``value`` spells infinity or NaN (which Python's float() accepts)."""
+    return value.strip().lower().lstrip("+-") in ("inf", "infinity", "nan")
 
 
 def _describe(error: ErrorDetails) -> str:

@@ -180,6 +180,14 @@ BAD_VALUES = [
     ("REDIS_URL", "redis://127.0.0.1:6379/1?db=2", "REDIS_URL: the database is given more than once"),
     ("REDIS_URL", "redis://127.0.0.1:6379/0?socket_timeout=x", "REDIS_URL: ?socket_timeout= has a value"),
     ("RABBITMQ_URL", "amqp://app@127.0.0.1:5672/x", "RABBITMQ_URL: a user name needs a password"),
+    ("RABBITMQ_URL", "amqp://127.0.0.1:5672/x?heartbeat=abc", "RABBITMQ_URL: ?heartbeat= is not an option"),
+    (
+        "RABBITMQ_URL",
+        "amqp://127.0.0.1:5672/x?socket_timeout=inf",
+        "RABBITMQ_URL: ?socket_timeout= is not an",
+    ),
+    ("RABBITMQ_URL", "amqp://127.0.0.1:5672/x?bogus=1", "RABBITMQ_URL: ?bogus= is not an option pika takes"),
+    ("REDIS_URL", "redis://127.0.0.1:6379/0?socket_timeout=inf", "REDIS_URL: ?socket_timeout= has a value"),
 ]
 
 
@@ -212,6 +220,8 @@ def test_every_command_refuses_bad_settings(clean_env: Path, args: list[str]) ->
     completed = run_cli(args, _env_with("RABBITMQ_URL", "amqp://u:hunter2@host:port/"), clean_env)
     _assert_one_line_error(completed, "RABBITMQ_URL: not a valid URL")
 
+
+SEND = ["send", "echo", "--kwargs", '{"payload": 1}']
 
 #: Passwords holding characters a URL reserves; no error line may show any part of them.
 PASSWORD_PIECES = ("Sup3r", "S3cret")
@@ -306,6 +316,7 @@ def test_every_duration_has_an_upper_bound(clean_env: Path, name: str) -> None:
         ("redis://127.0.0.1:6379/5", "5"),
         ("redis://127.0.0.1:6379?db=5", "5"),
         ("redis://127.0.0.1:6379/5?db=5", "5"),
+        ("redis://127.0.0.1:6379/5?socket_timeout=2.5&health_check_interval=10", "5"),
     ],
 )
 def test_redis_database_forms_that_redis_py_reads(clean_env: Path, url: str, database: str | None) -> None:
@@ -322,6 +333,7 @@ def test_redis_database_forms_that_redis_py_reads(clean_env: Path, url: str, dat
         (["worker"], "TASK_MAX_BACKOFF_SECONDS", "inf", "TASK_MAX_BACKOFF_SECONDS='inf'"),
         (["worker"], "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "-4", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE='-4'"),
         (["worker"], "REDIS_URL", "redis://127.0.0.1:6379/notanumber", "REDIS_URL: the database"),
+        (SEND, "RABBITMQ_URL", "amqp://127.0.0.1:5672/x?heartbeat=abc", "RABBITMQ_URL: ?heartbeat="),
         (
             ["send", "echo", "--kwargs", '{"payload": 1}'],
             "RESULT_TTL_SECONDS",
@@ -339,3 +351,8 @@ def test_commands_refuse_unusable_values(
 def test_otel_bsp_values_from_dotenv_are_checked_too(clean_env: Path) -> None:
     (clean_env / ".env").write_text("OTEL_BSP_MAX_EXPORT_BATCH_SIZE=-4\n")
     _assert_one_line_error(run_cli(["config"], _env_with("LOG_LEVEL", "INFO"), clean_env), "OTEL_BSP_MAX")
+
+
+def test_amqp_query_options_pika_takes_are_accepted(clean_env: Path) -> None:
+    url = "amqps://app:pw@rabbit:5671/x?heartbeat=30&connection_attempts=3&socket_timeout=2.5"
+    assert load_settings(RABBITMQ_URL=url).rabbitmq_url == url
