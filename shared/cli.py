@@ -27,7 +27,7 @@ from shared.errors import (
     ServiceRefused,
     UnknownTask,
 )
-from shared.logging import configure_logging
+from shared.logging import configure_logging, mask_configured_secrets
 from shared.results import json_safe
 from shared.settings import Settings, SettingsError, load_settings, redact_url
 from shared.worker_metrics import metrics_settings_problem, prepare_metrics_directory, serving_metrics
@@ -232,6 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as error:
         print(f"greenroom: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    mask_configured_secrets(settings.secrets())  # also outside URLs, as written and decoded
     # A service's logs are its output (stdout); other commands answer on stdout and log to stderr.
     services = (run_worker, run_demo_producer)
     log_stream: Literal["stdout", "stderr"] = "stdout" if args.run in services else "stderr"

@@ -23,7 +23,7 @@ import logging
 import re
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Literal, TextIO
@@ -52,17 +52,43 @@ MESSAGE_CHARS, EXC_INFO_CHARS, FIELD_CHARS = 4096, 8192, 1024
 _CORE_FIELDS = ("timestamp", "level", "logger")
 
 
+#: Configured secrets shorter than this are not masked outside URLs (it would garble lines).
+MIN_MASKED_SECRET_CHARS = 6
+#: The exact configured secrets (see mask_configured_secrets), longest first.
+_configured_secrets: tuple[str, ...] = ()
+
+
 def mask_secrets(text: str) -> str:
-    """Mask passwords inside URLs, whatever characters they hold.
+    """Mask passwords inside URLs, whatever characters they hold, and the configured
+    secrets (:func:`mask_configured_secrets`) wherever they appear.
 
     >>> mask_secrets("connect amqp://app:pw@rabbit:5672 failed")
     'connect amqp://app:***@rabbit:5672 failed'
     >>> mask_secrets("connect amqp://app:p@ss/w?o#rd@rabbit:5672 failed")
     'connect amqp://app:***@rabbit:5672 failed'
     """
+    for secret in _configured_secrets:
+        if secret in text:
+            text = text.replace(secret, "***")
     if "://" not in text:  # most lines: skip the regular expression
         return text
     return _URL_PASSWORD.sub(r"\g<head>***@", text)
+
+
+def mask_configured_secrets(secrets: Iterable[str]) -> None:
+    """Mask these exact strings (the configured passwords) in every line from now on, also
+    as JSON and ``repr()`` write them; each shorter than MIN_MASKED_SECRET_CHARS only inside URLs.
+
+    >>> mask_configured_secrets(["pa ss word"])
+    >>> mask_secrets("login with 'pa ss word' refused")
+    "login with '***' refused"
+    """
+    global _configured_secrets
+    written = {form for secret in secrets for form in (secret, repr(secret)[1:-1])}
+    forms = written | {json.dumps(form, ensure_ascii=False)[1:-1] for form in written}
+    _configured_secrets = tuple(
+        sorted((form for form in forms if len(form) >= MIN_MASKED_SECRET_CHARS), key=len, reverse=True)
+    )
 
 
 class _SecretMaskingJsonFormatter(JsonFormatter):

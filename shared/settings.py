@@ -313,6 +313,17 @@ class Settings(BaseSettings):
     def redis_url(self) -> str:
         return self.REDIS_URL.get_secret_value()
 
+    def secrets(self) -> set[str]:
+        """The passwords the URL settings hold, as written and percent-decoded (masked in logs)."""
+        urls = (
+            self.rabbitmq_url,
+            self.redis_url,
+            self.OTEL_EXPORTER_OTLP_ENDPOINT,
+            self.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+        )
+        passwords = {urlsplit(url).password for url in urls if url}
+        return {form for password in passwords if password for form in (password, unquote(password))}
+
     def public_dict(self) -> dict[str, Any]:
         """The effective settings with secrets redacted, for `greenroom config`."""
         shown = self.model_dump(mode="json")

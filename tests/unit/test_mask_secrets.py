@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import logging
 import string
+import sys
+import threading
+from collections.abc import Iterator
 from urllib.parse import quote
 
 import pytest
 
-from shared.logging import build_formatter, mask_secrets
+from shared import cli
+from shared.logging import build_formatter, mask_configured_secrets, mask_secrets
 from shared.settings import SettingsError, load_settings
 
 PIECES = ("Sup3r", "S3cret")
@@ -89,3 +93,46 @@ def test_whitespace_in_a_url_is_refused_without_showing_it() -> None:
 def test_urls_without_passwords_are_untouched() -> None:
     line = "export to http://127.0.0.1:4318/v1/traces and amqp://rabbit:5672/%2F failed"
     assert mask_secrets(line) == line
+
+
+@pytest.fixture
+def no_configured_secrets() -> Iterator[None]:
+    mask_configured_secrets([])
+    yield
+    mask_configured_secrets([])
+
+
+@pytest.mark.parametrize("special", [" ", '"', "\\", "é", "%"])
+def test_configured_passwords_are_masked_outside_urls_too(no_configured_secrets: None, special: str) -> None:
+    """As written in the URL (percent-encoded) and decoded, also inside a JSON line."""
+    password = _password(special)
+    settings = load_settings(_env_file=None, RABBITMQ_URL=f"amqp://app:{quote(password, safe='')}@rabbit/x")
+    mask_configured_secrets(settings.secrets())
+    for msg in ("login %s refused", "login %r refused"):
+        record = logging.makeLogRecord({"name": "pika", "msg": msg, "args": (password,)})
+        for line in (build_formatter("json").format(record), build_formatter("console").format(record)):
+            assert not _shows_the_password(line), line
+    assert mask_secrets(f"{quote(password, safe='')} and {password}") == "*** and ***"
+
+
+def test_short_secrets_are_masked_only_inside_urls(no_configured_secrets: None) -> None:
+    mask_configured_secrets(["guest", "pw"])
+    assert mask_secrets("guest login amqp://guest:guest@rabbit/x") == "guest login amqp://guest:***@rabbit/x"
+
+
+def test_the_cli_masks_the_configured_passwords(
+    no_configured_secrets: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    password = _password(" ")
+    monkeypatch.setenv("RABBITMQ_URL", f"amqp://app:{quote(password, safe='')}@rabbit/x")
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level, sys.excepthook, threading.excepthook)
+    try:
+        assert cli.main(["config"]) == 0
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        sys.excepthook, threading.excepthook = saved[2], saved[3]
+        logging.captureWarnings(False)
+    assert not _shows_the_password(capsys.readouterr().out)
+    assert mask_secrets(f"login {password} refused") == "login *** refused"
