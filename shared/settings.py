@@ -146,7 +146,7 @@ class Settings(BaseSettings):
     WORKER_PROCESSES: int = Field(default=2, ge=1, le=256)
     WORKER_THREADS: int = Field(default=8, ge=1, le=1024)
     WORKER_QUEUES: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    WORKER_SHUTDOWN_TIMEOUT_SECONDS: float = Field(default=25.0, gt=0, le=3600)
+    WORKER_SHUTDOWN_TIMEOUT_SECONDS: float = Field(default=25.0, ge=0.001, le=3600)  # Dramatiq takes ms
 
     # Task defaults (a task contract may override them) -------------------------
     TASK_MAX_RETRIES: int = Field(default=3, ge=0, le=100)

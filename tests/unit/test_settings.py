@@ -356,3 +356,19 @@ def test_otel_bsp_values_from_dotenv_are_checked_too(clean_env: Path) -> None:
 def test_amqp_query_options_pika_takes_are_accepted(clean_env: Path) -> None:
     url = "amqps://app:pw@rabbit:5671/x?heartbeat=30&connection_attempts=3&socket_timeout=2.5"
     assert load_settings(RABBITMQ_URL=url).rabbitmq_url == url
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "TASK_TIME_LIMIT_SECONDS",
+        "TASK_MIN_BACKOFF_SECONDS",
+        "TASK_MAX_BACKOFF_SECONDS",
+        "WORKER_SHUTDOWN_TIMEOUT_SECONDS",
+    ],
+)
+def test_durations_in_milliseconds_are_at_least_one(clean_env: Path, name: str) -> None:
+    """They become whole milliseconds for Dramatiq: 0.0001 s would be 0 ms."""
+    with pytest.raises(SettingsError, match=rf"^invalid setting {name}='0.0001': Input should be greater"):
+        load_settings(**{name: "0.0001"})
+    assert getattr(load_settings(**{"TASK_MIN_BACKOFF_SECONDS": "0.001", name: "0.001"}), name) == 0.001
