@@ -246,7 +246,7 @@ class Settings(BaseSettings):
     @classmethod
     def _split_queues(cls, value: Any) -> Any:
         if isinstance(value, str):
-            value = [name.strip() for name in value.split(",") if name.strip()]
+            value = [name for name in re.split(r"[,\s]+", value) if name]  # as `--queues` takes them
         for name in value:
             if not _QUEUE_NAME.fullmatch(name):
                 raise ValueError(f"{name!r} is not a valid queue name")
