@@ -348,8 +348,8 @@ def logging_error_line(record: logging.LogRecord, error: BaseException | None) -
     line = {
         "level": "ERROR",
         "logger": "greenroom.logging",
-        "message": mask_secrets(_cut(f"Could not write a log line of {record.name}: {what}", 1024)),
-        "record_message": mask_secrets(_cut(str(record.msg), 1024)),
+        "message": _cut(mask_secrets(f"Could not write a log line of {record.name}: {what}"), 1024),
+        "record_message": _cut(mask_secrets(str(record.msg)), 1024),  # masked first: a cut may split a URL
         "timestamp": _iso_utc(record.created),
     }
     return bounded_line(_ENCODER.encode(line))
