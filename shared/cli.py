@@ -28,8 +28,8 @@ from shared.errors import (
     UnknownTask,
 )
 from shared.logging import configure_logging, mask_configured_secrets
-from shared.results import json_safe
 from shared.settings import Settings, SettingsError, load_settings, redact_url
+from shared.strict_json import json_safe
 from shared.worker_metrics import metrics_settings_problem, prepare_metrics_directory, serving_metrics
 
 logger = logging.getLogger("greenroom")

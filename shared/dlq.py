@@ -38,8 +38,8 @@ from dramatiq.results import ResultFailure, ResultMissing
 from observability.metrics import READY_AT_OPTION
 from shared.errors import BrokerRefused, BrokerUnavailable, DeadLetterNotFound, excerpt
 from shared.producer import Producer
-from shared.results import json_safe
 from shared.service_refusals import CONNECTION_ERRORS, outage_line, refusal_line
+from shared.strict_json import json_safe
 
 #: How many dead letters one listing or replay reads at most unless told otherwise.
 DEFAULT_LIMIT = 100

@@ -10,7 +10,6 @@ a long wait is made of reads that each end before the socket timeout.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from typing import Any
 
@@ -34,23 +33,6 @@ STORE_RETRY_FIRST_DELAY_SECONDS = 0.2
 STORE_RETRY_MAX_DELAY_SECONDS = 2.0
 
 logger = logging.getLogger("greenroom.results")
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with each NaN or infinity (anywhere in lists and dicts) replaced by
-    None, as JavaScript's JSON.stringify writes them: for output that must be strict
-    JSON, such as a result stored before arguments were checked to be.
-
-    >>> json_safe({"x": [1.5, float("nan")]})
-    {'x': [1.5, None]}
-    """
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: json_safe(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(item) for item in value]
-    return value
 
 
 class RedisResultBackend(RedisBackend):  # type: ignore[misc]
