@@ -5,7 +5,10 @@ treats it as untrusted input: :func:`checked_message` decodes a body delivered
 from a queue and checks every field of the Dramatiq message, and every option
 that Dramatiq's or greenroom's middleware reads, for type and range. The
 delivering queue is the truth: the body must name it, and its actor must be
-one that lives on it. A body that fails raises :class:`MessageRejected`,
+one that lives on it. Options that are a task's policy (retries, backoff, time
+limit, age limit, result TTL, callbacks) are the contract's to set, never a
+message's, and a message's timestamps must lie within a year behind and an eta
+ahead of this worker's clock. A body that fails raises :class:`MessageRejected`,
 naming the field and why; the consumer then dead-letters it.
 
 >>> body = b'{"queue_name": "default", "actor_name": "echo", "args": [], "kwargs": {}, "options": {},'
@@ -44,6 +47,11 @@ MAX_DURATION_MS = 365 * DAY_MS
 MAX_TIMESTAMP_MS = 32_503_680_000_000  # year 3000
 #: How far in the future a message's ``eta`` may lie (Dramatiq's longest backoff).
 MAX_ETA_AHEAD_MS = 7 * DAY_MS
+#: How far a message's timestamps may lie from this worker's clock: ahead (clock skew) and behind.
+MAX_CLOCK_SKEW_MS = 3_600_000
+MAX_MESSAGE_AGE_MS = 366 * DAY_MS
+#: The most steps a pipeline (``pipe_target`` within ``pipe_target`` ...) may have.
+MAX_PIPELINE_STEPS = 100
 
 #: The trace-context carrier (W3C traceparent, tracestate, baggage): its size per entry and in all.
 MAX_CARRIER_ENTRIES = 8
@@ -148,8 +156,15 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-#: JSON as RFC 8259 has it: NaN and Infinity are refused (Python's json accepts them).
-_STRICT_JSON = json.JSONDecoder(parse_constant=_refuse_constant)
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text[:20]} is out of range for a number")
+    return number
+
+
+#: JSON as RFC 8259 has it: NaN, Infinity and numbers beyond a float's range (1e400) are refused.
+_STRICT_JSON = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
 
 
 def _check_routing(fields: Mapping[str, Any], delivering_queue: str, queue_of_actor: QueueOfActor) -> None:
@@ -180,7 +195,12 @@ def _check_identity(fields: Mapping[str, Any], now_ms: int) -> None:
             f"{excerpt(message_id)} is not 1-{MAX_MESSAGE_ID_CHARS} letters, digits and ._:-"
             " (starting with a letter or digit)",
         )
-    _check_int("message_timestamp", fields["message_timestamp"], 0, MAX_TIMESTAMP_MS)
+    _check_int(
+        "message_timestamp",
+        fields["message_timestamp"],
+        now_ms - MAX_MESSAGE_AGE_MS,
+        now_ms + MAX_CLOCK_SKEW_MS,
+    )
 
 
 def _check_arguments(fields: Mapping[str, Any]) -> None:
@@ -219,15 +239,18 @@ def _eta(name: str, value: Any, _queue_of_actor: QueueOfActor, now_ms: int) -> N
     _check_int(name, value, 0, now_ms + MAX_ETA_AHEAD_MS, where="options.")
 
 
-def _actor_name(name: str, value: Any, queue_of_actor: QueueOfActor, _now_ms: int) -> None:
-    if not isinstance(value, str) or queue_of_actor(value) is None:
-        raise MessageRejected(f"options.{name}", f"{excerpt(value)} is not an actor on this worker")
+def _recent(name: str, value: Any, _queue_of_actor: QueueOfActor, now_ms: int) -> None:
+    """A time this message was (re)queued or became due: within a year behind and an eta ahead."""
+    low, high = now_ms - MAX_MESSAGE_AGE_MS, now_ms + MAX_ETA_AHEAD_MS + MAX_CLOCK_SKEW_MS
+    _check_int(name, value, low, high, where="options.")
 
 
 def _pipe_target(name: str, value: Any, queue_of_actor: QueueOfActor, now_ms: int) -> None:
     """The next message of a pipeline: a whole message, sent on to its own actor's queue."""
     if not isinstance(value, dict):
         raise MessageRejected(f"options.{name}", f"must be a message object, not {_kind(value)}")
+    if _pipeline_steps(value) > MAX_PIPELINE_STEPS:
+        raise MessageRejected(f"options.{name}", f"a pipeline of more than {MAX_PIPELINE_STEPS} steps")
     target_queue = value.get("queue_name")
     if not isinstance(target_queue, str):
         raise MessageRejected(f"options.{name}.queue_name", "must be a string")
@@ -236,6 +259,16 @@ def _pipe_target(name: str, value: Any, queue_of_actor: QueueOfActor, now_ms: in
     except MessageRejected as inner:
         nested = "options.pipe_target" if inner.field.startswith("options.pipe_target") else inner.field
         raise MessageRejected(f"options.{name}.{nested}", inner.reason) from None
+
+
+def _pipeline_steps(target: Any) -> int:
+    """How many messages are chained from ``target`` on (counted without recursion)."""
+    steps = 0
+    while isinstance(target, dict) and steps <= MAX_PIPELINE_STEPS:
+        steps += 1
+        options = target.get("options")
+        target = options.get("pipe_target") if isinstance(options, dict) else None
+    return steps
 
 
 def _trace_context(name: str, value: Any, _queue_of_actor: QueueOfActor, _now_ms: int) -> None:
@@ -257,30 +290,39 @@ def _forbidden(name: str, value: Any, _queue_of_actor: QueueOfActor, _now_ms: in
     raise MessageRejected(f"options.{name}", "may only be set on the actor, not in a message")
 
 
+def _policy(name: str, value: Any, _queue_of_actor: QueueOfActor, _now_ms: int) -> None:
+    raise MessageRejected(
+        f"options.{name}", "is the task's policy (its contract and the TASK_* settings), not a message's"
+    )
+
+
 #: Every option a middleware of greenroom's stack reads from a message, and its check.
 #: Options no middleware reads are left alone (the body's size bounds them).
 OPTION_CHECKS: dict[str, OptionCheck] = {
+    # Set by Dramatiq on the way (delays, retries) and by greenroom's middleware.
     "eta": _eta,
     "retries": _integer(0, 10_000),
-    "max_retries": _integer(0, 100),
-    "min_backoff": _integer(0, MAX_DURATION_MS),
-    "max_backoff": _integer(0, MAX_DURATION_MS),
-    "time_limit": _integer(1, MAX_DURATION_MS),
-    "max_age": _integer(1, MAX_DURATION_MS),
-    "result_ttl": _integer(1, MAX_DURATION_MS),
-    "requeue_timestamp": _integer(0, MAX_TIMESTAMP_MS),
-    "greenroom_ready_at": _integer(0, MAX_TIMESTAMP_MS),
+    "traceback": _text,
+    "requeue_timestamp": _recent,
+    "greenroom_ready_at": _recent,
     "broker_priority": _integer(0, 255),
     "delay": _integer(0, MAX_ETA_AHEAD_MS),
-    "store_results": _boolean,
-    "notify_shutdown": _boolean,
-    "pipe_ignore": _boolean,
-    "traceback": _text,
-    "on_success": _actor_name,
-    "on_failure": _actor_name,
-    "on_retry_exhausted": _actor_name,
     "pipe_target": _pipe_target,
+    "pipe_ignore": _boolean,
     TRACE_CONTEXT_OPTION: _trace_context,
+    # A task's policy: a message may not raise its retries, limits or TTL, or add callbacks
+    # that publish to other queues (producers never set these).
+    "max_retries": _policy,
+    "min_backoff": _policy,
+    "max_backoff": _policy,
+    "time_limit": _policy,
+    "max_age": _policy,
+    "result_ttl": _policy,
+    "store_results": _policy,
+    "notify_shutdown": _policy,
+    "on_success": _policy,
+    "on_failure": _policy,
+    "on_retry_exhausted": _policy,
     "throws": _forbidden,
     "retry_when": _forbidden,
 }

@@ -58,6 +58,13 @@ def _without(field: str) -> bytes:
     return json.dumps(fields).encode()
 
 
+def _pipeline(steps: int) -> dict[str, Any]:
+    target = _fields()
+    for _ in range(steps - 1):
+        target = _fields(options={"pipe_target": target})
+    return target
+
+
 NOW_MS = int(time.time() * 1000)
 CASES = [
     # Routing: the delivering queue is the truth, the actor must live there.
@@ -136,7 +143,19 @@ CASES = [
         ),
         "options.greenroom_trace_context",
     ),
+    # A message may not raise its task's policy, nor date itself far off.
+    Case(
+        "max_retries above the contract's",
+        "default",
+        _body(actor="fail", kwargs={}, options={"max_retries": 20}),
+        "options.max_retries",
+    ),
+    Case("on_success naming a real actor", "default", _options(on_success="echo"), "options.on_success"),
+    Case("message_timestamp of 1970", "default", _body(message_timestamp=1), "message_timestamp"),
+    Case("ready-at of 1970", "default", _options(greenroom_ready_at=1), "options.greenroom_ready_at"),
+    Case("a pipeline of 450 steps", "default", _options(pipe_target=_pipeline(450)), "options.pipe_target"),
     # Size and encoding.
+    Case("a number beyond a float", "default", _body().replace(b'"hostile"', b"1e400"), "body"),
     Case("2 MB valid message", "default", _body(kwargs={"payload": "x" * 2_000_000}), "body"),
     Case("10 MB of garbage", "reports", b"\x01" * 10_000_000, "body"),
     Case("not UTF-8", "default", b"\xff\xfe{}", "body"),
@@ -229,6 +248,7 @@ def test_hostile_messages_are_dead_lettered_and_nothing_else_is_lost(
     odd = _fields(options={"greenroom_trace_context": {"traceparent": "00-zz", "baggage": "x" * 8000}})
     _publish(rabbitmq_url, "default", json.dumps(odd).encode())
     assert producer.result_of("echo", odd["message_id"], timeout=30) == "hostile"
+    wait_for(lambda: worker.count("Baggage entry") > 0, 10, "the baggage warning")  # it follows the result
     [baggage_warning] = [line for line in worker.json_lines() if line["message"].startswith("Baggage")]
     assert len(baggage_warning["message"]) < 400  # the key quoted to 200 chars of 8000
     # nothing retried, and stdout is JSON lines only, each short
