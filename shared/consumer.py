@@ -109,6 +109,11 @@ class GreenroomConsumer(_RabbitmqConsumer):
         except MessageRejected as rejection:
             self._reject(method.delivery_tag, body, rejection)
             return None
+        except Exception as error:  # a check that broke must not stall the queue on this message
+            logger.exception("Checking a message from queue %r failed", self.queue_name)
+            reason = f"could not be checked ({type(error).__name__})"
+            self._reject(method.delivery_tag, body, MessageRejected("body", reason))
+            return None
         self.known_tags.add(method.delivery_tag)
         return DeliveredMessage(self, method.delivery_tag, method.redelivered, message)
 

@@ -114,3 +114,36 @@ def test_finishing_on_a_lost_connection_says_what_will_be_redelivered_once(
     [line] = caplog.messages
     assert "Lost the connection to RabbitMQ while consuming 'default'" in line
     assert "3 unsettled message(s)" in line
+
+
+class Delivery:
+    delivery_tag = 7
+    redelivered = False
+
+
+class FakeBroker:
+    actors: dict[str, Any] = {}  # noqa: RUF012
+    max_message_bytes = 1024
+
+    def emit_after(self, signal: str, *args: Any) -> None:
+        self.emitted = (signal, args)
+
+
+def test_a_check_that_breaks_dead_letters_the_message_instead_of_stalling_the_queue(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    consumer, connection, channel = _consumer(known_tags=set())
+    consumer.broker = FakeBroker()
+    consumer.iterator = iter([(Delivery(), None, b"{}")])
+
+    def broken_check(*args: Any, **kwargs: Any) -> Any:
+        raise RecursionError("a bug in a check")
+
+    monkeypatch.setattr("shared.consumer.checked_message", broken_check)
+    with caplog.at_level(logging.WARNING, "greenroom.consumer"):
+        assert next(consumer) is None
+    connection.run_callbacks()
+
+    assert channel.frames == [("nack", 7, False)]
+    assert caplog.records[-1].field == "body"  # type: ignore[attr-defined]
+    assert "could not be checked (RecursionError)" in caplog.messages[-1]
