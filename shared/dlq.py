@@ -65,9 +65,20 @@ class DeadLetter:
     message: dramatiq.Message[Any] | None
 
     def line(self) -> str:
-        return (
-            f"{self.message_id}  {self.actor:<24} {self.age_seconds:>8.0f}s  {self.arguments}  {self.error}"
+        """One terminal line; what came from the message is shown with control characters escaped."""
+        message_id, actor, arguments, error = map(
+            printable, (self.message_id, self.actor, self.arguments, self.error)
         )
+        return f"{message_id}  {actor:<24} {self.age_seconds:>8.0f}s  {arguments}  {error}"
+
+
+def printable(text: str) -> str:
+    r"""``text`` with every character a terminal would act on (escapes, newlines) written as an escape.
+
+    >>> printable("\x1b[2Jid\nfake")
+    '\\x1b[2Jid\\nfake'
+    """
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 class DeadLetters:
@@ -243,7 +254,10 @@ def _describe(
         return DeadLetter(
             "?", "?", queue, f"<{len(body)} bytes, not a Dramatiq message>", "", dead_since, None
         )
-    arguments = json.dumps(json_safe(message.kwargs or list(message.args)), default=str)
+    try:
+        arguments = json.dumps(json_safe(message.kwargs or list(message.args)), default=str)
+    except (RecursionError, ValueError):
+        arguments = "<arguments nested too deeply to show>"
     return DeadLetter(
         message_id=message.message_id,
         actor=message.actor_name,

@@ -203,6 +203,32 @@ def test_hostile_dead_letters_are_listed_but_never_replayed(
     assert len(take_all(producer.settings.rabbitmq_url, "default.XQ")) == 6
 
 
+def test_listing_escapes_what_a_dead_letter_holds_and_survives_deep_nesting(
+    producer: Producer, env: dict[str, str], workdir: Path
+) -> None:
+    # Given: a dead letter whose id would clear the screen and forge a line, and one nested 600 deep
+    good = _dead_letter(producer)
+    nested: Any = 1
+    for _ in range(600):
+        nested = [nested]
+    _publish_raw(
+        producer, "default.XQ", json.dumps({**good.asdict(), "message_id": "\x1b[2J\nfake"}).encode()
+    )
+    _publish_raw(
+        producer, "default.XQ", json.dumps({**good.asdict(), "kwargs": {"payload": nested}}).encode()
+    )
+
+    # When
+    listed = run_cli(["dlq", "list", "--queue", "default"], env, workdir)
+
+    # Then: one line per dead letter, no control character reaches the terminal
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[0] == "default.XQ: 3 dead letter(s)" and len(lines) == 4
+    assert "\x1b" not in listed.stdout and "\\x1b[2J\\nfake" in listed.stdout
+    assert "nested too deeply to show" in listed.stdout
+
+
 def test_declined_purge_and_unknown_queue_exit_non_zero_with_one_line(
     producer: Producer, env: dict[str, str], workdir: Path
 ) -> None:
