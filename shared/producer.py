@@ -210,6 +210,7 @@ class Producer:
     def _message(self, contract: TaskContract, kwargs: Mapping[str, Any]) -> dramatiq.Message[Any]:
         """A validated message; arguments that are not strict JSON, or too large a
         message (MAX_MESSAGE_BYTES), raise InvalidTaskArguments."""
+        _check_unicode(contract, kwargs)  # before validation, which replaces a lone surrogate in a key
         arguments = contract.validate(kwargs)
         _check_strict_json(contract, arguments)
         message: dramatiq.Message[Any] = dramatiq.Message(
@@ -312,6 +313,19 @@ def _check_strict_json(contract: TaskContract, arguments: Mapping[str, Any]) -> 
         raise InvalidTaskArguments(contract.name, _json_problem(error)) from None
     except RecursionError:
         raise InvalidTaskArguments(contract.name, "nested too deeply") from None
+
+
+def _check_unicode(contract: TaskContract, kwargs: Mapping[str, Any]) -> None:
+    """Refuse a lone surrogate anywhere in ``kwargs``, keys included; other problems are the
+    contract's to report."""
+    try:
+        json.dumps(kwargs, ensure_ascii=False, default=repr).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidTaskArguments(
+            contract.name, "a string is not Unicode text (it holds a lone surrogate)"
+        ) from None
+    except (TypeError, ValueError, RecursionError):
+        pass
 
 
 def _json_problem(error: ValueError) -> str:

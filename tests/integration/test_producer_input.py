@@ -30,11 +30,12 @@ def _ready(producer: Producer, queue: str = "default") -> int:
         (10**5000, "an integer is too long to encode"),
         ("\ud800", "a string is not Unicode text"),
         ({"k": ["\udc00"]}, "a string is not Unicode text"),
+        ({"\ud800": 1}, "a string is not Unicode text"),
         (math.nan, "NaN and Infinity are not JSON numbers"),
         ([math.inf], "NaN and Infinity are not JSON numbers"),
         ({"x": -math.inf}, "NaN and Infinity are not JSON numbers"),
     ],
-    ids=["huge-int", "lone-surrogate", "nested-surrogate", "nan", "inf", "minus-inf"],
+    ids=["huge-int", "lone-surrogate", "nested-surrogate", "surrogate-key", "nan", "inf", "minus-inf"],
 )
 def test_arguments_that_are_not_strict_json_are_refused(
     producer: Producer, payload: Any, problem: str
