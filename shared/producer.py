@@ -300,15 +300,16 @@ def _batch(contract: TaskContract, many_kwargs: object) -> Iterable[Mapping[str,
         yield kwargs
 
 
+_LONE_SURROGATE = "a string is not Unicode text (it holds a lone surrogate)"
+
+
 def _check_strict_json(contract: TaskContract, arguments: Mapping[str, Any]) -> None:
     """Refuse what json.dumps would write but a strict JSON reader refuses (NaN,
     Infinity, lone surrogates), and what it cannot write (over-long integers)."""
     try:
         json.dumps(arguments, allow_nan=False, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
-        raise InvalidTaskArguments(
-            contract.name, "a string is not Unicode text (it holds a lone surrogate)"
-        ) from None
+        raise InvalidTaskArguments(contract.name, _LONE_SURROGATE) from None
     except ValueError as error:
         raise InvalidTaskArguments(contract.name, _json_problem(error)) from None
     except RecursionError:
@@ -321,9 +322,7 @@ def _check_unicode(contract: TaskContract, kwargs: Mapping[str, Any]) -> None:
     try:
         json.dumps(kwargs, ensure_ascii=False, default=repr).encode("utf-8")
     except UnicodeEncodeError:
-        raise InvalidTaskArguments(
-            contract.name, "a string is not Unicode text (it holds a lone surrogate)"
-        ) from None
+        raise InvalidTaskArguments(contract.name, _LONE_SURROGATE) from None
     except (TypeError, ValueError, RecursionError):
         pass
 
