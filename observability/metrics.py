@@ -267,7 +267,7 @@ class Metrics(Middleware):
         self._finish(message, "failure" if message.failed else "skipped")  # failure: dead-lettered
 
     def after_reject_message(self, broker: dramatiq.Broker, queue_name: str, rejection: Any) -> None:
-        """A body failed its checks on arrival (:mod:`shared.consumer`); rare, so counted at once."""
+        """A body failed its checks on arrival (:mod:`shared.runtime.consumer`); rare, so counted at once."""
         REJECTED.labels(queue_name, rejection.field).inc()
 
     def _finish(self, message: MessageProxy, outcome: str) -> None:

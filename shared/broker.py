@@ -32,15 +32,15 @@ from dramatiq.results import ResultBackend, Results
 from opentelemetry.trace import TracerProvider
 
 from observability.task_logging import TaskLogging
-from shared.consumer import GreenroomConsumer
 from shared.logging import BatchedWorkerLogs
 from shared.queue_arguments import dead_letter_arguments
-from shared.retries import RetriesKeepingFailedEnqueues
+from shared.runtime.boot_freeze import FreezeBootObjects
+from shared.runtime.consumer import GreenroomConsumer
+from shared.runtime.metrics_setup import metrics_middleware
+from shared.runtime.retries import RetriesKeepingFailedEnqueues
+from shared.runtime.term_signals import CoalesceTermSignals
 from shared.settings import Settings
 from shared.telemetry import Role, tracing_middleware
-from shared.worker_gc import FreezeBootObjects
-from shared.worker_metrics import metrics_middleware
-from shared.worker_signals import CoalesceTermSignals
 
 if TYPE_CHECKING:
     from shared.results import RedisResultBackend
@@ -106,7 +106,7 @@ class GreenroomBroker(RabbitmqBroker):
 
     @property
     def consumer_class(self) -> type[Any]:
-        """Dramatiq's consumer checking every body, with acks in batches (:mod:`shared.consumer`)."""
+        """Dramatiq's consumer checking every body, with acks in batches (:mod:`shared.runtime.consumer`)."""
         return GreenroomConsumer
 
     def _declare_xq_queue(self, queue_name: str) -> Any:

@@ -42,7 +42,6 @@ from dramatiq.results import ResultTimeout as DramatiqResultTimeout
 from opentelemetry.trace import TracerProvider
 
 from observability.tracing import Tracing
-from shared.batch_publisher import BatchPublisher
 from shared.broker import build_broker, build_result_backend
 from shared.errors import (
     InvalidParameter,
@@ -56,6 +55,7 @@ from shared.errors import (
     TaskFailed,
     UnknownTask,
 )
+from shared.publishing import BatchPublisher
 from shared.results import RedisResultBackend
 from shared.service_refusals import outage_line, redis_refusal_line, refusal_line
 from shared.settings import Settings, SettingsError, get_settings

@@ -22,7 +22,7 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from observability.otlp_receiver import OtlpReceiver
+from shared.bench.otlp_receiver import OtlpReceiver
 from shared.producer import Producer
 from shared.results import RESULTS_NAMESPACE
 from shared.settings import Settings, load_settings

@@ -6,7 +6,7 @@ import time
 
 from pydantic import JsonValue
 
-from shared.bench_recorder import record_completion
+from shared.bench.recorder import record_completion
 from shared.tasks import BENCH_ECHO, ECHO, FAIL, BenchEchoArguments, EchoArguments, FailArguments
 from workers.actor import implements
 

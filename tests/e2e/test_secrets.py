@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from observability.otlp_receiver import OtlpReceiver
+from shared.bench.otlp_receiver import OtlpReceiver
 from shared.errors import TaskFailed
 from shared.producer import Producer
 from shared.settings import load_settings

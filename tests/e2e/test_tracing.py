@@ -12,7 +12,7 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
-from observability.otlp_receiver import OtlpReceiver, Protocol, ReceivedSpan
+from shared.bench.otlp_receiver import OtlpReceiver, Protocol, ReceivedSpan
 from shared.errors import TaskFailed
 from shared.producer import Producer
 from shared.settings import Settings

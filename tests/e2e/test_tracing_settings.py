@@ -9,7 +9,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from observability.otlp_receiver import OtlpReceiver, ReceivedSpan
+from shared.bench.otlp_receiver import OtlpReceiver, ReceivedSpan
 from tests.support import Worker, free_port, run_cli, wait_for
 
 SEND_ECHO = ["send", "echo", "--kwargs", '{"payload": 1}']

@@ -17,10 +17,10 @@ from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import Middleware
 from opentelemetry.sdk.trace import TracerProvider
 
-from shared import batch_publisher
-from shared.batch_publisher import BatchPublisher
+from shared import publishing as batch_publisher
 from shared.errors import PublishError
 from shared.producer import Producer
+from shared.publishing import BatchPublisher
 from shared.settings import Settings, load_settings
 from tests.support import delete_queues, free_port, stop_rabbitmq_for, take_all
 

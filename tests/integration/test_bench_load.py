@@ -9,8 +9,8 @@ from itertools import pairwise
 import pytest
 
 from observability.tracing import TRACE_CONTEXT_OPTION
-from shared.bench_load import offer_load
-from shared.bench_recorder import BENCH_QUEUE
+from shared.bench.load import offer_load
+from shared.bench.recorder import BENCH_QUEUE
 from shared.producer import Producer
 from tests.support import delete_queues, take_all
 

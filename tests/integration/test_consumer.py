@@ -19,7 +19,7 @@ import pytest
 from dramatiq.middleware import Retries
 
 from shared.broker import GreenroomBroker
-from shared.consumer import GreenroomConsumer, settlement_frames
+from shared.runtime.consumer import GreenroomConsumer, settlement_frames
 from tests.support import delete_queues, take_all
 
 QUEUE = "greenroom-test-acks"

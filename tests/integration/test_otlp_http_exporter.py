@@ -24,8 +24,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from observability.otlp_http_exporter import OtlpHttpSpanExporter
-from observability.otlp_receiver import OtlpReceiver
 from observability.tracer_provider import build_exporter
+from shared.bench.otlp_receiver import OtlpReceiver
 
 ENDPOINT_VARIABLES = (
     "OTEL_EXPORTER_OTLP_ENDPOINT",

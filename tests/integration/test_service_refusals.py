@@ -18,7 +18,7 @@ import dramatiq
 import pika
 import pytest
 
-from shared.bench_recorder import BENCH_QUEUE
+from shared.bench.recorder import BENCH_QUEUE
 from shared.errors import PublishError
 from shared.producer import Producer
 from shared.queue_arguments import explain_refusal

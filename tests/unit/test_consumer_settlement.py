@@ -16,7 +16,7 @@ from typing import Any
 import pika.exceptions
 import pytest
 
-from shared.consumer import GreenroomConsumer
+from shared.runtime.consumer import GreenroomConsumer
 
 
 class RecordingConnection:
@@ -139,7 +139,7 @@ def test_a_check_that_breaks_dead_letters_the_message_instead_of_stalling_the_qu
     def broken_check(*args: Any, **kwargs: Any) -> Any:
         raise RecursionError("a bug in a check")
 
-    monkeypatch.setattr("shared.consumer.checked_message", broken_check)
+    monkeypatch.setattr("shared.runtime.consumer.checked_message", broken_check)
     with caplog.at_level(logging.WARNING, "greenroom.consumer"):
         assert next(consumer) is None
     connection.run_callbacks()

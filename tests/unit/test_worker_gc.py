@@ -10,7 +10,7 @@ import dramatiq
 import pytest
 from dramatiq.brokers.stub import StubBroker
 
-from shared.worker_gc import FreezeBootObjects
+from shared.runtime.boot_freeze import FreezeBootObjects
 
 
 class Node:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 
-from shared.worker_signals import CoalesceTermSignals
+from shared.runtime.term_signals import CoalesceTermSignals
 
 
 class FakeClock:

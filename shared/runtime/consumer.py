@@ -2,7 +2,7 @@
 
 **Every body checked.** A body is untrusted input (anyone who may publish to the
 queue can write it). Before a worker thread sees a delivery, the consumer checks
-it with :func:`shared.message_checks.checked_message` against the queue that
+it with :func:`shared.runtime.message_checks.checked_message` against the queue that
 delivered it; one that fails is dead-lettered at once (``basic.nack`` without
 requeue, so RabbitMQ moves it to ``<queue>.XQ``) with one WARNING line naming
 the field and why, and is never retried. Middleware hear of it through the
@@ -50,7 +50,7 @@ from dramatiq.brokers.rabbitmq import _RabbitmqConsumer
 from dramatiq.common import q_name
 from dramatiq.errors import ConnectionClosed
 
-from shared.message_checks import EXCERPT_CHARS, MessageRejected, checked_message, excerpt
+from shared.runtime.message_checks import EXCERPT_CHARS, MessageRejected, checked_message, excerpt
 
 logger = logging.getLogger("greenroom.consumer")
 

@@ -28,9 +28,9 @@ from shared.errors import (
     UnknownTask,
 )
 from shared.logging import configure_logging, mask_configured_secrets
+from shared.runtime.metrics_setup import metrics_settings_problem, prepare_metrics_directory, serving_metrics
 from shared.settings import Settings, SettingsError, load_settings, redact_url
 from shared.strict_json import json_safe
-from shared.worker_metrics import metrics_settings_problem, prepare_metrics_directory, serving_metrics
 
 logger = logging.getLogger("greenroom")
 
@@ -462,7 +462,7 @@ def _check_roundtrip(settings: Settings, timeout: float) -> int:
 
 def run_dlq(args: argparse.Namespace, settings: Settings) -> int:
     """List, replay or purge dead letters."""
-    from shared.dlq import DeadLetters
+    from shared.cli.dead_letters import DeadLetters
     from shared.producer import Producer
     from shared.tasks import TASKS
 
@@ -501,7 +501,7 @@ def _dlq_list(letters: Any, queues: list[str], limit: int) -> int:
 def _dlq_replay(letters: Any, queues: list[str], args: argparse.Namespace) -> int:
     """Replay every dead letter, or those the ids name; each id must name exactly one
     dead letter of ``queues`` (checked before anything is replayed)."""
-    from shared.dlq import resolve_ids
+    from shared.cli.dead_letters import resolve_ids
 
     wanted: dict[str, set[str] | None] = dict.fromkeys(queues)
     if not args.all:
@@ -544,7 +544,7 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     """Run the side-by-side benchmark: progress on stderr, the table on stdout."""
     import pika.exceptions
 
-    from shared.bench import Bench, BenchOptions, format_table, write_json
+    from shared.bench.run import Bench, BenchOptions, format_table, write_json
 
     options = BenchOptions(args.messages, args.processes, args.threads, args.payload_bytes, args.rounds)
     try:
@@ -578,7 +578,7 @@ def run_healthcheck(args: argparse.Namespace, settings: Settings) -> int:
 
 def run_demo_producer(args: argparse.Namespace, settings: Settings) -> int:
     """Send demo traffic."""
-    from shared.demo_producer import run_demo
+    from shared.cli.demo_producer import run_demo
     from shared.producer import Producer
 
     producer = Producer(settings)

@@ -2,7 +2,7 @@
 
 Both sides run the same echo task on the queue ``greenroom-bench`` with the
 same processes and threads; the task records itself in a file
-(:mod:`shared.bench_recorder`), so both are measured the same way:
+(:mod:`shared.bench.recorder`), so both are measured the same way:
 
 - **send rate**: Dramatiq's own ``send`` with and without confirms, greenroom's
   ``send`` (confirmed) and ``send_many`` (pipelined confirms);
@@ -13,7 +13,7 @@ same processes and threads; the task records itself in a file
   N and N/2 tasks and differenced, which removes start-up cost;
 - **queue wait p50/p95/p99** at a fixed offered load of half bare Dramatiq's
   measured drain rate: the messages due each millisecond, stamped when
-  published (:mod:`shared.bench_load`), waited for until their task starts;
+  published (:mod:`shared.bench.load`), waited for until their task starts;
 - **peak RSS** of the largest worker process.
 
 Start-up, drain, CPU, RSS and queue wait are measured ``rounds`` times, bare
@@ -51,9 +51,9 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from observability.otlp_receiver import OtlpReceiver
-from shared.bench_load import offer_load
-from shared.bench_recorder import BENCH_QUEUE, completed, waits
+from shared.bench.load import offer_load
+from shared.bench.otlp_receiver import OtlpReceiver
+from shared.bench.recorder import BENCH_QUEUE, completed, waits
 from shared.producer import Producer
 from shared.queue_arguments import dead_letter_arguments
 from shared.settings import Settings
@@ -188,7 +188,7 @@ class Bench:
             "BENCH_RECORD_PATH": str(self.records),
         }
         if side == "bare":
-            argv = [sys.executable, "-m", "dramatiq", "shared.bench_bare", *options, "--queues", BENCH_QUEUE]
+            argv = [sys.executable, "-m", "dramatiq", "shared.bench.bare", *options, "--queues", BENCH_QUEUE]
         else:
             argv = [
                 str(Path(sys.executable).with_name("greenroom")),

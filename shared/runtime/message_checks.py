@@ -19,7 +19,7 @@ naming the field and why; the consumer then dead-letters it.
 >>> checked_message(body, "reports", queues, max_bytes=1024, now_ms=1764590400000)
 Traceback (most recent call last):
   ...
-shared.message_checks.MessageRejected: queue_name: 'default' is not the queue that delivered it ('reports')
+shared.runtime.message_checks.MessageRejected: queue_name: 'default' is not the queue that delivered it ...
 """
 
 from __future__ import annotations

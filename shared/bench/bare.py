@@ -1,7 +1,7 @@
 """The bare-Dramatiq side of ``greenroom bench``: Dramatiq's RabbitmqBroker with its
 default middleware, stdlib logging at WARNING, and the same echo task.
 
-Run by the benchmark as ``python -m dramatiq shared.bench_bare ...``.
+Run by the benchmark as ``python -m dramatiq shared.bench.bare ...``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 import dramatiq
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
-from shared.bench_recorder import BENCH_QUEUE, record_completion
+from shared.bench.recorder import BENCH_QUEUE, record_completion
 from shared.settings import get_settings
 
 logging.getLogger().setLevel(logging.WARNING)

@@ -26,8 +26,8 @@ from typing import Any
 import dramatiq
 
 from observability.tracing import Tracing
-from shared.batch_publisher import Confirmations, write_messages
 from shared.producer import Producer
+from shared.publishing import Confirmations, write_messages
 from shared.tasks import get_task
 
 #: Seconds between two publishes of the messages due.
