@@ -5,28 +5,32 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup run test lint unit services system-packages clean
+.PHONY: setup run test lint docs unit services system-packages clean
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,docs]'
 	touch $@
 
 ## Run every worker process type of the Procfile (scale one: `make run ARGS="-c reports=3"`).
 run: setup
 	$(BIN)/honcho start $(ARGS)
 
-## Lint, type-check, then the whole suite against real RabbitMQ, Redis, Prometheus and worker processes.
-test: setup system-packages lint
+## Lint, type-check, build the docs, then the whole suite against real RabbitMQ, Redis, Prometheus and worker processes.
+test: setup system-packages lint docs
 	$(BIN)/pytest
 
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+## Build the docs site; --strict fails on a broken link or anchor. The site is written outside the repo.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir $(or $(TMPDIR),/tmp)/greenroom-site
 
 ## Pure unit tests only (no services needed).
 unit: setup
