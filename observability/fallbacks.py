@@ -5,6 +5,9 @@ once, at start-up: one ERROR line on the ``greenroom.degraded`` logger and the g
 ``greenroom_degraded{component}`` set to 1, which the ``GreenroomDegraded`` alert and the
 dashboards read. The process keeps working, more slowly; nothing is switched off.
 
+A fallback reported before prometheus_client is imported sets its gauge when the
+process calls :func:`export_reported` (a worker process does at boot).
+
 >>> report_fallback("span encoding", "opentelemetry-sdk 9.0 has no ReadableSpan._events")
 >>> sorted(reported())
 ['span encoding']
@@ -13,6 +16,7 @@ dashboards read. The process keeps working, more slowly; nothing is switched off
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from typing import Any
 
@@ -35,7 +39,20 @@ def report_fallback(component: str, reason: str) -> None:
         reason,
         extra={"component": component},
     )
-    _degraded_gauge().labels(component=component).set(1)
+    if "prometheus_client" in sys.modules:  # never the first to import it: see _degraded_gauge
+        _degraded_gauge().labels(component=component).set(1)
+
+
+def export_reported() -> None:
+    """Set the degraded gauge of every component reported so far in this process.
+
+    A worker process calls this once it writes metric files, for the fallbacks
+    reported before that (while ``greenroom worker`` configured logging, say,
+    before prometheus_client could be imported).
+    """
+    gauge = _degraded_gauge()
+    for component in reported():
+        gauge.labels(component=component).set(1)
 
 
 def reported() -> dict[str, str]:
