@@ -2,23 +2,24 @@
 
 prometheus_client does not keep exemplars in multiprocess mode. Each worker
 process therefore remembers the latest exemplar per histogram bucket in
-memory and a background thread writes them to ``exemplars_<pid>.json`` in the
-metrics directory every few seconds (and at shutdown). The exposition side
+memory and a background thread (:class:`observability.periodic.Periodic`) writes
+them to ``exemplars_<pid>.json`` in the metrics directory every
+``FLUSH_INTERVAL_SECONDS`` (and once more at shutdown). The exposition side
 merges the files, newest exemplar per bucket winning.
 
->>> store = ExemplarStore(directory, pid=os.getpid())
->>> store.observe("greenroom_task_duration_seconds", {"queue": "default", "actor": "echo"},
-...               value=0.012, buckets=(0.005, 0.01, 0.025), trace_id="4bf92f35...")
+For example::
+
+    store = ExemplarStore(directory, pid=os.getpid())
+    store.observe("greenroom_task_duration_seconds", {"queue": "default", "actor": "echo"},
+                  value=0.012, buckets=(0.005, 0.01, 0.025), trace_id="4bf92f35...")
 """
 
 from __future__ import annotations
 
 import bisect
-import contextlib
 import json
 import math
 import os
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -26,13 +27,15 @@ from typing import Any, NamedTuple
 
 from prometheus_client.utils import floatToGoString
 
+from observability.periodic import Periodic
+
 #: Seconds between writes of a process's exemplars to disk.
 FLUSH_INTERVAL_SECONDS = 2.0
 
 ExemplarKey = tuple[str, tuple[tuple[str, str], ...], str]
 
 
-class RecordedExemplar(NamedTuple):  # a tuple: made twice per task, at a quarter of a frozen dataclass's cost
+class RecordedExemplar(NamedTuple):
     trace_id: str
     value: float
     timestamp: float
@@ -59,13 +62,19 @@ def key_of(metric: str, labels: Mapping[str, str] | LabelPairs, le: str) -> Exem
 class ExemplarStore:
     """The latest exemplar per (histogram, labels, bucket) of one process."""
 
-    def __init__(self, directory: Path, *, pid: int, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        pid: int,
+        clock: Callable[[], float] = time.time,
+        flush_interval: float = FLUSH_INTERVAL_SECONDS,
+    ) -> None:
         self.path = directory / f"exemplars_{pid}.json"
         self.clock = clock
         self._latest: dict[ExemplarKey, RecordedExemplar] = {}
         self._dirty = False
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._periodic = Periodic(self.flush, interval=flush_interval, name="greenroom-exemplars")
 
     def observe(
         self,
@@ -90,22 +99,20 @@ class ExemplarStore:
             for (metric, labels, le), exemplar in list(self._latest.items())
         ]
         temporary = self.path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(rows))
-        os.replace(temporary, self.path)
+        try:
+            temporary.write_text(json.dumps(rows))
+            os.replace(temporary, self.path)
+        except BaseException:
+            self._dirty = True  # written next time
+            raise
 
     def start(self) -> None:
-        """Flush every FLUSH_INTERVAL_SECONDS on a daemon thread."""
-        self._thread = threading.Thread(target=self._run, name="greenroom-exemplars", daemon=True)
-        self._thread.start()
+        """Flush every ``flush_interval`` seconds on a daemon thread."""
+        self._periodic.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self.flush()
-
-    def _run(self) -> None:
-        while not self._stop.wait(FLUSH_INTERVAL_SECONDS):
-            with contextlib.suppress(OSError):  # a full disk must not kill the worker
-                self.flush()
+        """End the thread and write what changed since its last flush."""
+        self._periodic.stop()
 
 
 def vars_of(exemplar: RecordedExemplar) -> dict[str, float | str]:

@@ -6,9 +6,10 @@ using passive declares, which never create a queue. A scrape waits at most
 ``timeout_seconds`` for RabbitMQ; scrapes closer together than
 ``cache_seconds`` share one reading.
 
->>> reader = QueueDepthReader("amqp://guest:guest@127.0.0.1:5672/%2F", lambda: ["default"])
->>> reader.read()
-{'default': {'ready': 12, 'delayed': 0, 'dead_letter': 1}}
+For example, with RabbitMQ at hand::
+
+    reader = QueueDepthReader("amqp://guest:guest@127.0.0.1:5672/%2F", lambda: ["default"])
+    reader.read()   # {'default': {'ready': 12, 'delayed': 0, 'dead_letter': 1}}
 """
 
 from __future__ import annotations

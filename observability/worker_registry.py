@@ -7,10 +7,11 @@ shutdown, removed once it has shut down. The health server reads the markers:
 liveness = no registered process has died; readiness = as many ``ready``
 processes as expected, none degraded, and no shutdown under way.
 
->>> registry = WorkerRegistry(Path("/tmp/greenroom/metrics/default-9300/workers"))
->>> registry.mark(os.getpid(), READY)
->>> registry.ready(), registry.live(), registry.dead()
-([12345], [12345], [])
+For example (12345 standing for the process's pid)::
+
+    registry = WorkerRegistry(Path("/tmp/greenroom/metrics/default-9300/workers"))
+    registry.mark(os.getpid(), READY)
+    registry.ready(), registry.live(), registry.dead()   # ([12345], [12345], [])
 """
 
 from __future__ import annotations
