@@ -1,17 +1,15 @@
 """An HTTP transport for OpenTelemetry's OTLP/HTTP client, on the standard library.
 
 ``opentelemetry-exporter-otlp`` sends through a pluggable transport
-(``BaseHTTPTransport``); its default is built on ``requests``, which with
-its dependencies adds about 5 MiB to every worker process. This one keeps
-one ``http.client`` connection per endpoint and speaks TLS with the same
-options (a CA file or the system's, a client certificate and key).
+(``BaseHTTPTransport``); its default is built on ``requests``, which this one
+does without. It keeps one ``http.client`` connection per endpoint and speaks
+TLS with the same options (a CA file or the system's, a client certificate and key).
 
 It does not read HTTP(S)_PROXY: :func:`observability.tracer_provider.build_exporter`
 uses the library's own exporter when a proxy applies to the endpoint.
 
->>> transport = StdlibHttpTransport(verify="/etc/ssl/collector-ca.pem")
->>> transport.request("POST", "https://collector:4318/v1/traces", data=payload, timeout=10).status_code
-200
+    transport = StdlibHttpTransport(verify="/etc/ssl/collector-ca.pem")
+    transport.request("POST", "https://collector:4318/v1/traces", data=payload, timeout=10).status_code
 """
 
 from __future__ import annotations
@@ -24,7 +22,7 @@ from dataclasses import dataclass, field
 from email.message import Message
 from urllib.parse import urlsplit
 
-from opentelemetry.exporter.http.transport._base import BaseHTTPResult, BaseHTTPTransport
+from observability.opentelemetry_compat import BaseHTTPResult, BaseHTTPTransport
 
 _Origin = tuple[str, str, int]
 

@@ -4,15 +4,13 @@ It behaves as the exporter of ``opentelemetry-exporter-otlp-proto-http``
 and reads the same variables (OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT, HEADERS,
 TIMEOUT, COMPRESSION, CERTIFICATE, CLIENT_CERTIFICATE, CLIENT_KEY); sending,
 retries with backoff and Retry-After, and compression are the library's own
-OTLP client. Two parts differ, both measured on a worker:
+OTLP client (reached through :mod:`observability.opentelemetry_compat`). Two parts differ:
 
-- spans become bytes through :mod:`observability.otlp_encoding` (about a
-  tenth of the CPU of the library's encoder);
+- spans become bytes through :mod:`observability.otlp_encoding`;
 - requests go through :class:`observability.http_transport.StdlibHttpTransport`,
-  so neither ``requests`` nor the protobuf runtime is loaded: about 7 MiB
-  less per worker process.
+  so neither ``requests`` nor the protobuf runtime is loaded.
 
->>> provider.add_span_processor(BatchSpanProcessor(OtlpHttpSpanExporter()))
+    provider.add_span_processor(BatchSpanProcessor(OtlpHttpSpanExporter()))
 """
 
 from __future__ import annotations
@@ -21,18 +19,6 @@ import logging
 import os
 from collections.abc import Sequence
 
-from opentelemetry.exporter.http.transport._base import BaseHTTPTransport
-from opentelemetry.exporter.otlp.common._exporter_metrics import create_exporter_metrics
-from opentelemetry.exporter.otlp.common.http import _OTLPHTTPClient
-from opentelemetry.exporter.otlp.proto.http._common import (
-    _DEFAULT_MAX_REQUEST_SIZE,
-    RequestPayloadTooLargeError,
-    _is_request_too_large,
-    _resolve_compression,
-    _resolve_endpoint,
-    _resolve_headers,
-    _resolve_timeout,
-)
 from opentelemetry.sdk.environment_variables import (
     OTEL_EXPORTER_OTLP_CERTIFICATE,
     OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE,
@@ -44,22 +30,32 @@ from opentelemetry.sdk.environment_variables import (
     OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
     OTEL_EXPORTER_OTLP_TRACES_HEADERS,
     OTEL_EXPORTER_OTLP_TRACES_TIMEOUT,
-    OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED,
 )
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-from opentelemetry.semconv._incubating.attributes.otel_attributes import OtelComponentTypeValues
 from opentelemetry.semconv.attributes.http_attributes import HTTP_RESPONSE_STATUS_CODE
 
 from observability.http_transport import StdlibHttpTransport
-from observability.otlp_encoding import encode_spans
+from observability.opentelemetry_compat import (
+    DEFAULT_MAX_REQUEST_SIZE,
+    BaseHTTPTransport,
+    OtlpHttpClient,
+    RequestPayloadTooLargeError,
+    http_exporter_metrics,
+    is_request_too_large,
+    resolve_compression,
+    resolve_endpoint,
+    resolve_headers,
+    resolve_timeout,
+)
+from observability.otlp_encoding import OtlpSpanEncoder
 
 logger = logging.getLogger("greenroom.tracing")
 
 
 def traces_endpoint() -> str:
     """OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else OTEL_EXPORTER_OTLP_ENDPOINT + /v1/traces."""
-    return _resolve_endpoint(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, "v1/traces")
+    return resolve_endpoint(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, "v1/traces")
 
 
 class OtlpHttpSpanExporter(SpanExporter):
@@ -78,23 +74,18 @@ class OtlpHttpSpanExporter(SpanExporter):
         max_request_size: int | None = None,
     ) -> None:
         endpoint = endpoint or traces_endpoint()
-        self._client = _OTLPHTTPClient(
+        self._client = OtlpHttpClient(
             transport=transport or StdlibHttpTransport(verify=_tls_verify(), cert=_client_certificate()),
             endpoint=endpoint,
             kind="spans",
-            timeout=_resolve_timeout(OTEL_EXPORTER_OTLP_TRACES_TIMEOUT),
-            compression=_resolve_compression(OTEL_EXPORTER_OTLP_TRACES_COMPRESSION),
-            headers=_resolve_headers(None, OTEL_EXPORTER_OTLP_TRACES_HEADERS),
+            timeout=resolve_timeout(OTEL_EXPORTER_OTLP_TRACES_TIMEOUT),
+            compression=resolve_compression(OTEL_EXPORTER_OTLP_TRACES_COMPRESSION),
+            headers=resolve_headers(None, OTEL_EXPORTER_OTLP_TRACES_HEADERS),
             logger=logger,
         )
-        self._max_request_size = _DEFAULT_MAX_REQUEST_SIZE if max_request_size is None else max_request_size
-        self._metrics = create_exporter_metrics(
-            OtelComponentTypeValues.OTLP_HTTP_SPAN_EXPORTER,
-            "traces",
-            endpoint,
-            None,
-            os.environ.get(OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED, "").strip().lower() == "true",
-        )
+        self._max_request_size = DEFAULT_MAX_REQUEST_SIZE if max_request_size is None else max_request_size
+        self._metrics = http_exporter_metrics(endpoint)
+        self._encoder = OtlpSpanEncoder()
         self._shutdown = False
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
@@ -103,12 +94,12 @@ class OtlpHttpSpanExporter(SpanExporter):
             return SpanExportResult.FAILURE
         with self._metrics.export_operation(len(spans)) as result:
             try:
-                payload = encode_spans(spans)
+                payload = self._encoder.encode(spans)
             except Exception as error:  # a span the encoder cannot represent: drop the batch, say why
                 logger.error("Failed to encode %d spans: %s", len(spans), error)
                 result.error = error
                 return SpanExportResult.FAILURE
-            if _is_request_too_large(payload, self._max_request_size):
+            if is_request_too_large(payload, self._max_request_size):
                 logger.warning(
                     "Dropping %d spans: %d bytes exceed the %d-byte request limit.",
                     len(spans),

@@ -11,31 +11,25 @@ Create the provider in the process that will export: a BatchSpanProcessor's
 thread does not survive fork, so worker processes call this after Dramatiq
 has forked them.
 
->>> provider = configure_tracer_provider(
-...     default_service_name="greenroom-worker", service_version="0.1.0",
-...     process_type="reports", protocol="http/protobuf")
->>> shutdown_tracer_provider(provider, timeout_seconds=5)
+    provider = configure_tracer_provider(
+        default_service_name="greenroom-worker", service_version="0.1.0",
+        process_type="reports", protocol="http/protobuf")
+    shutdown_tracer_provider(provider, timeout_seconds=5)
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
-import time
-import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
-from urllib.parse import urlsplit
 
 import dramatiq
 from dramatiq.middleware import Middleware
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     ALWAYS_ON,
@@ -44,56 +38,19 @@ from opentelemetry.sdk.trace.sampling import (
     TraceIdRatioBased,
 )
 
+from observability import opentelemetry_compat
+from observability.fallbacks import report_fallback
+from observability.span_exporters import DropWhileUnreachable, OtlpProtocol, build_exporter
+
 logger = logging.getLogger("greenroom.tracing")
 
-OtlpProtocol = Literal["grpc", "http/protobuf"]
 
 #: Resource attribute naming the process type (Procfile / compose service).
 PROCESS_TYPE_ATTRIBUTE = "greenroom.process.type"
 
 
-#: Variables naming a ``requests`` session factory for OTLP/HTTP (the library's exporter handles them).
-CREDENTIAL_PROVIDER_VARIABLES = (
-    "OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER",
-    "OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER",
-)
-
-
-def build_exporter(protocol: OtlpProtocol, endpoint: str | None = None) -> SpanExporter:
-    """The OTLP span exporter for ``protocol``, sending to ``endpoint`` (for OTLP/HTTP the
-    full URL, ``.../v1/traces``); without one, the OTEL_EXPORTER_OTLP_* variables say where.
-
-    For http/protobuf it is greenroom's light exporter, except where only the
-    library's ``requests``-based one can do the job: an HTTP(S)_PROXY that
-    applies to the endpoint, or a credential-provider session.
-    """
-    if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
-
-        return GrpcExporter(endpoint=endpoint)
-    from observability.otlp_http_exporter import OtlpHttpSpanExporter, traces_endpoint
-
-    endpoint = endpoint or traces_endpoint()
-    if _proxied(endpoint) or any(os.environ.get(name) for name in CREDENTIAL_PROVIDER_VARIABLES):
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
-
-        return HttpExporter(endpoint=endpoint)
-    return OtlpHttpSpanExporter(endpoint=endpoint)
-
-
-def _proxied(url: str) -> bool:
-    """Whether the proxy variables (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, NO_PROXY) send
-    ``url`` through a proxy."""
-    parts = urlsplit(url)
-    proxies = urllib.request.getproxies()
-    proxied = parts.scheme in proxies or "all" in proxies
-    return proxied and not urllib.request.proxy_bypass(parts.hostname or "")
-
-
-#: Spans per export request unless OTEL_BSP_MAX_EXPORT_BATCH_SIZE is set. With the SDK's
-#: 512 a busy worker holds more finished spans at once (a batch being sent while the next
-#: fills): `greenroom bench` measured a peak RSS of 48.9 MiB per worker process with 512
-#: and 46.6 MiB with 128 (N=8000, P=2, T=8), the same CPU.
+#: Spans per export request unless OTEL_BSP_MAX_EXPORT_BATCH_SIZE is set (the SDK's is 512:
+#: a busy worker then holds more finished spans at once; see docs/benchmarks.md).
 EXPORT_BATCH_SIZE = 128
 
 
@@ -197,6 +154,9 @@ def configure_tracer_provider(
         ),
         shutdown_on_exit=False,
     )
+    if opentelemetry_compat.MESSAGING_NAMES in opentelemetry_compat.UNAVAILABLE:
+        names = opentelemetry_compat.MESSAGING_NAMES
+        report_fallback(names, opentelemetry_compat.UNAVAILABLE[names])
     exporter = exporter or build_exporter(protocol, endpoint)
     if drop_while_unreachable and endpoint is not None:
         exporter = DropWhileUnreachable(exporter, endpoint=endpoint)
@@ -229,7 +189,7 @@ class TracerProviderLifecycle(Middleware):
     """Creates the TracerProvider in each worker process once Dramatiq has forked
     it, and flushes it when the worker shuts down (bounded by ``flush_timeout_seconds``).
 
-    >>> broker.add_middleware(TracerProviderLifecycle(factory=make_provider, flush_timeout_seconds=5))
+        broker.add_middleware(TracerProviderLifecycle(factory=make_provider, flush_timeout_seconds=5))
     """
 
     def __init__(self, *, factory: Callable[[], TracerProvider], flush_timeout_seconds: float) -> None:
@@ -246,76 +206,3 @@ class TracerProviderLifecycle(Middleware):
         if shutdown_tracer_provider(self.provider, timeout_seconds=self.flush_timeout_seconds):
             logger.info("Spans flushed.")
         self.provider = None
-
-
-class DropWhileUnreachable(SpanExporter):
-    """Drops span batches while nothing accepts a connection at the collector's address,
-    with one warning per outage, instead of the exporter's retries and a warning per
-    batch and retry.
-
-    For short-lived processes (``greenroom send``, ``check``, ``dlq``): without a
-    collector they exit at once instead of waiting out the retries. Before each batch
-    it opens (and closes) a TCP connection to the endpoint, waiting at most
-    ``connect_timeout_seconds``; after a failure it drops batches without trying for
-    ``recheck_seconds``. An endpoint reached through a proxy is not checked.
-
-    >>> exporter = DropWhileUnreachable(build_exporter("http/protobuf", url), endpoint=url)
-    """
-
-    def __init__(
-        self,
-        exporter: SpanExporter,
-        *,
-        endpoint: str,
-        connect_timeout_seconds: float = 1.0,
-        recheck_seconds: float = 5.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.exporter = exporter
-        self.endpoint = endpoint
-        self.connect_timeout_seconds = connect_timeout_seconds
-        self.recheck_seconds = recheck_seconds
-        self.clock = clock
-        self._down_until: float | None = None  # set while the collector is unreachable
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        if self._down_until is not None and self.clock() < self._down_until:
-            return SpanExportResult.FAILURE
-        problem = (
-            None
-            if _proxied(self.endpoint)
-            else connection_problem(self.endpoint, self.connect_timeout_seconds)
-        )
-        if problem is None:
-            self._down_until = None
-            return self.exporter.export(spans)
-        if self._down_until is None:
-            logger.warning(
-                "Spans not exported: no OTLP collector accepts connections at %s (%s); "
-                "this process drops its spans while it is unreachable.",
-                self.endpoint,
-                problem,
-            )
-        self._down_until = self.clock() + self.recheck_seconds
-        return SpanExportResult.FAILURE
-
-    def shutdown(self) -> None:
-        self.exporter.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self.exporter.force_flush(timeout_millis)
-
-
-def connection_problem(endpoint: str, timeout_seconds: float) -> str | None:
-    """Why a TCP connection to ``endpoint``'s host and port fails (None if it opens).
-
-    >>> connection_problem("http://127.0.0.1:9/v1/traces", 1.0)
-    '[Errno 111] Connection refused'
-    """
-    parts = urlsplit(endpoint)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        socket.create_connection((parts.hostname or "localhost", port), timeout=timeout_seconds).close()
-    except OSError as error:
-        return str(error) or type(error).__name__
-    return None

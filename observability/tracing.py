@@ -12,7 +12,7 @@ consumer span is current while Retries re-enqueues a failed message (the retry
 gets a producer span inside the same trace) and while the per-task log line is
 written (the line carries the trace id).
 
->>> broker.middleware.insert(0, Tracing())
+    broker.middleware.insert(0, Tracing())
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -28,27 +28,25 @@ from typing import Any
 
 import dramatiq
 from dramatiq.broker import MessageProxy
-from dramatiq.common import q_name
 from dramatiq.middleware import Middleware
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.semconv._incubating.attributes import messaging_attributes as messaging
-from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
-from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer, TracerProvider
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, TracerProvider
+
+from observability.messaging_spans import (
+    ACTOR_ATTRIBUTE,
+    RETRIES_ATTRIBUTE,
+    SKIPPED_ATTRIBUTE,
+    SpanShapes,
+    record_error,
+)
+from observability.opentelemetry_compat import MESSAGING_MESSAGE_ID
+from observability.trace_carriers import NO_CONTEXT, ProducerContexts, QuotedHeaderExcerpts
 
 #: The message option that carries the W3C trace context (and baggage) headers.
 TRACE_CONTEXT_OPTION = "greenroom_trace_context"
 
-#: Span attributes that the messaging conventions do not define.
-ACTOR_ATTRIBUTE = "dramatiq.actor.name"
-RETRIES_ATTRIBUTE = "dramatiq.message.retries"
-
 _INSTRUMENTATION = "greenroom.observability.tracing"
-
-#: The propagators' loggers, whose warnings quote headers taken from messages.
-_PROPAGATOR_LOGGERS = ("opentelemetry.baggage.propagation", "opentelemetry.trace.propagation.tracecontext")
-#: How much of a quoted header such a warning keeps.
-QUOTED_HEADER_CHARS = 200
 
 #: Inside Tracing.publishing_batch: the trace context every message of the batch carries.
 _batch_carrier: ContextVar[dict[str, str] | None] = ContextVar("greenroom_batch_carrier", default=None)
@@ -83,10 +81,9 @@ class Tracing(Middleware):
         self._consumer_spans: tuple[TracerProvider | None, Callable[..., Span] | None] = (None, None)
         self._publishing: dict[int, _OpenSpan] = {}
         self._processing: dict[int, _OpenSpan] = {}
-        for name in _PROPAGATOR_LOGGERS:
-            propagator_logger = logging.getLogger(name)
-            if not any(isinstance(f, QuotedHeaderExcerpts) for f in propagator_logger.filters):
-                propagator_logger.addFilter(QuotedHeaderExcerpts())
+        self.producer_contexts = ProducerContexts()
+        self._shapes = SpanShapes()
+        QuotedHeaderExcerpts.install()
 
     @property
     def open_spans(self) -> int:
@@ -103,15 +100,12 @@ class Tracing(Middleware):
         batch (the messaging conventions' "publish" span, no per-message
         "create" span), so each consumer span is its child and links to it.
 
-        >>> with tracing.publishing_batch("default", len(messages)):
-        ...     publish(messages)
+            with tracing.publishing_batch("default", len(messages)):
+                publish(messages)
         """
         parent = otel_context.get_current()
-        attributes = _destination_attributes(operation="send", routing_key=queue_name)
-        attributes[messaging.MESSAGING_BATCH_MESSAGE_COUNT] = count
-        span = self.tracer.start_span(
-            f"send {q_name(queue_name)}", context=parent, kind=SpanKind.PRODUCER, attributes=attributes
-        )
+        name, attributes = self._shapes.batch(queue_name, count)
+        span = self.tracer.start_span(name, context=parent, kind=SpanKind.PRODUCER, attributes=attributes)
         span_context = trace.set_span_in_context(span, parent)
         carrier: dict[str, str] = {}
         propagate.inject(carrier, context=span_context)
@@ -120,7 +114,7 @@ class Tracing(Middleware):
         try:
             yield
         except BaseException as error:
-            _record_error(span, error)
+            record_error(span, error)
             raise
         finally:
             _batch_carrier.reset(batch)
@@ -144,13 +138,10 @@ class Tracing(Middleware):
             self.abandon_publish(ConnectionError("publish did not complete"))
 
         parent = _parent_for_publish(message)
-        routing_key = message.queue_name
-        span = self.tracer.start_span(
-            f"send {q_name(routing_key)}",
-            context=parent,
-            kind=SpanKind.PRODUCER,
-            attributes=_attributes(message, operation="send", routing_key=routing_key),
+        name, attributes = self._shapes.producer(
+            message.queue_name, message_id=message.message_id, actor_name=message.actor_name
         )
+        span = self.tracer.start_span(name, context=parent, kind=SpanKind.PRODUCER, attributes=attributes)
         span_context = trace.set_span_in_context(span, parent)
         carrier: dict[str, str] = {}
         propagate.inject(carrier, context=span_context)
@@ -174,16 +165,16 @@ class Tracing(Middleware):
         if pending is None:
             return
         _detach(pending.token)
-        _record_error(pending.span, error)
+        record_error(pending.span, error)
         pending.span.end()
 
     # Consumer side --------------------------------------------------------------
 
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
-        producer = _producer_of(message.options.get(TRACE_CONTEXT_OPTION))
-        parent = _NO_CONTEXT if self.new_trace_per_task else producer.context
-        name, attributes = _consumer_span_shape(message.queue_name)
-        attributes[messaging.MESSAGING_MESSAGE_ID] = message.message_id
+        producer = self.producer_contexts.read(message.options.get(TRACE_CONTEXT_OPTION))
+        parent = NO_CONTEXT if self.new_trace_per_task else producer.context
+        name, attributes = self._shapes.consumer(message.queue_name)
+        attributes[MESSAGING_MESSAGE_ID] = message.message_id
         attributes[ACTOR_ATTRIBUTE] = message.actor_name
         attributes[RETRIES_ATTRIBUTE] = int(message.options.get("retries", 0))
         start_consumer_span = self._consumer_span_starter()
@@ -223,7 +214,7 @@ class Tracing(Middleware):
         if current is None:
             return
         if exception is not None:
-            _record_error(current.span, exception)
+            record_error(current.span, exception)
         _detach(current.token)
         current.span.end()
 
@@ -232,7 +223,7 @@ class Tracing(Middleware):
         if current is None:
             return
         if current.span.is_recording():
-            current.span.set_attribute("dramatiq.message.skipped", True)
+            current.span.set_attribute(SKIPPED_ATTRIBUTE, True)
             if message.failed:
                 current.span.set_status(Status(StatusCode.ERROR, "skipped and dead-lettered"))
         _detach(current.token)
@@ -250,90 +241,6 @@ class TraceContextFilter(logging.Filter):
         return True
 
 
-def producer_context_of(carrier: Mapping[str, str] | None) -> otel_context.Context:
-    """The context a message's carrier holds (span and baggage), read by the global propagator.
-
-    >>> producer_context_of({"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"})
-    """
-    return _producer_of(carrier).context
-
-
-@dataclass(frozen=True, slots=True)
-class _Producer:
-    """What a consumer span needs from a message's carrier."""
-
-    context: otel_context.Context
-    #: The link to the producer span (none when the carrier holds no valid span).
-    links: tuple[Link, ...]
-
-
-def _producer_of(carrier: Mapping[str, str] | None) -> _Producer:
-    """The carrier read by the global propagator, with the link to its span.
-
-    Every message of a ``send_many`` batch carries the same headers, so the
-    result is kept for the next message: parsing them costs more than the
-    lookup (``_EXTRACTED_LIMIT`` carriers at most). A Context (and a Link)
-    is never changed in place, so one can serve every task that carries it.
-    """
-    if not carrier:
-        return _NO_PRODUCER
-    try:
-        key = (propagate.get_global_textmap(), tuple(carrier.items()))
-        producer = _extracted.get(key)
-    except TypeError:  # a value that cannot be a key: a malformed carrier, read it as it is
-        return _read_producer(carrier)
-    if producer is None:
-        if len(_extracted) >= _EXTRACTED_LIMIT:
-            _extracted.clear()
-        producer = _extracted[key] = _read_producer(carrier)
-    return producer
-
-
-def _read_producer(carrier: Mapping[str, str]) -> _Producer:
-    context = propagate.extract(carrier, context=otel_context.Context())
-    span_context = trace.get_current_span(context).get_span_context()
-    return _Producer(context, (Link(span_context),) if span_context.is_valid else ())
-
-
-_NO_CONTEXT = otel_context.Context()
-_NO_PRODUCER = _Producer(_NO_CONTEXT, ())
-_EXTRACTED_LIMIT = 256
-_extracted: dict[tuple[object, tuple[tuple[str, str], ...]], _Producer] = {}
-
-
-def _consumer_span_shape(queue_name: str) -> tuple[str, dict[str, Any]]:
-    """The name of a consumer span on ``queue_name`` and a fresh copy of the attributes
-    every such span shares."""
-    shape = _consumer_span_shapes.get(queue_name)
-    if shape is None:
-        attributes = _destination_attributes(operation="process", routing_key=queue_name)
-        shape = _consumer_span_shapes[queue_name] = (f"process {q_name(queue_name)}", attributes)
-    return shape[0], dict(shape[1])
-
-
-_consumer_span_shapes: dict[str, tuple[str, dict[str, Any]]] = {}
-
-
-class QuotedHeaderExcerpts(logging.Filter):
-    """Cuts the headers that the propagators' warnings quote (message content) to an excerpt.
-
-    >>> record = logging.LogRecord("x", logging.WARNING, "", 0, "bad `%s`", ("k=" + "v" * 900,), None)
-    >>> QuotedHeaderExcerpts().filter(record) and len(record.getMessage())
-    221
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(_excerpt(arg) if isinstance(arg, str) else arg for arg in record.args)
-        return True
-
-
-def _excerpt(text: str) -> str:
-    if len(text) <= QUOTED_HEADER_CHARS:
-        return text
-    return f"{text[:QUOTED_HEADER_CHARS]}... ({len(text)} chars)"
-
-
 def _parent_for_publish(message: dramatiq.Message[Any]) -> otel_context.Context:
     """The current span if there is one (a task sending a task, a retry, a
     pipeline step); else the context the message already carries (a delayed
@@ -343,46 +250,6 @@ def _parent_for_publish(message: dramatiq.Message[Any]) -> otel_context.Context:
         return current
     carried = message.options.get(TRACE_CONTEXT_OPTION)
     return propagate.extract(carried) if carried else current
-
-
-def _attributes(
-    message: dramatiq.Message[Any] | MessageProxy, *, operation: str, routing_key: str
-) -> dict[str, Any]:
-    attributes = _destination_attributes(operation=operation, routing_key=routing_key)
-    attributes[messaging.MESSAGING_MESSAGE_ID] = message.message_id
-    attributes[ACTOR_ATTRIBUTE] = message.actor_name
-    return attributes
-
-
-def _destination_attributes(*, operation: str, routing_key: str) -> dict[str, Any]:
-    """The attributes every span of ``operation`` on ``routing_key`` shares (a fresh copy)."""
-    key = (operation, routing_key)
-    shared = _shared_attributes.get(key)
-    if shared is None:
-        operation_type = (
-            messaging.MessagingOperationTypeValues.SEND
-            if operation == "send"
-            else messaging.MessagingOperationTypeValues.PROCESS
-        )
-        shared = _shared_attributes[key] = {
-            messaging.MESSAGING_SYSTEM: messaging.MessagingSystemValues.RABBITMQ.value,
-            messaging.MESSAGING_OPERATION_TYPE: operation_type.value,
-            messaging.MESSAGING_OPERATION_NAME: operation,
-            messaging.MESSAGING_DESTINATION_NAME: q_name(routing_key),
-            messaging.MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY: routing_key,
-        }
-    return dict(shared)
-
-
-_shared_attributes: dict[tuple[str, str], dict[str, Any]] = {}
-
-
-def _record_error(span: Span, error: BaseException) -> None:
-    if not span.is_recording():
-        return
-    span.record_exception(error)
-    span.set_attribute(ERROR_TYPE, type(error).__qualname__)
-    span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
 
 
 def _detach(token: object) -> None:

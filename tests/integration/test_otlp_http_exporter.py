@@ -24,7 +24,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from observability.otlp_http_exporter import OtlpHttpSpanExporter
-from observability.tracer_provider import build_exporter
+from observability.span_exporters import build_exporter
 from shared.bench.otlp_receiver import OtlpReceiver
 
 ENDPOINT_VARIABLES = (
@@ -249,7 +249,7 @@ def test_a_worker_process_loads_neither_requests_nor_protobuf() -> None:
     """The point of the light exporter: about 7 MiB less per worker process."""
     probe = (
         "import sys, workers\n"
-        "from observability.tracer_provider import build_exporter\n"
+        "from observability.span_exporters import build_exporter\n"
         "build_exporter('http/protobuf')\n"
         "print(sorted(m for m in ('requests', 'urllib3', 'google.protobuf') if m in sys.modules))\n"
     )

@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
 
-from observability.otlp_encoding import encode_spans
+from observability.otlp_encoding import VALUES_PER_KEY, OtlpSpanEncoder, encode_spans
 
 ATTRIBUTES = {
     "text": "rabbitmq",
@@ -132,9 +132,10 @@ def test_each_span_alone_matches_too() -> None:
 
 def test_cached_parts_are_reused_without_changing_the_output() -> None:
     spans = spans_of_every_shape()
-    first = encode_spans(spans)
-    assert encode_spans(spans) == first
-    assert decoded(encode_spans(spans * 3)) == upstream_encode_spans(spans * 3)
+    encoder = OtlpSpanEncoder()
+    first = encoder.encode(spans)
+    assert encoder.encode(spans) == first
+    assert decoded(encoder.encode(spans * 3)) == upstream_encode_spans(spans * 3)
 
 
 def test_no_spans_is_an_empty_request() -> None:
@@ -157,17 +158,16 @@ def test_an_int_beyond_int64_is_dropped_with_a_log_line_like_upstream(
 
 
 def test_ids_do_not_fill_the_cache_and_shared_values_stay_cached() -> None:
-    from observability import otlp_encoding
-
     tracer_provider, exporter = provider(Resource({"service.name": "ids"}))
     tracer = tracer_provider.get_tracer("ids")
-    for number in range(otlp_encoding.VALUES_PER_KEY * 20):
+    for number in range(VALUES_PER_KEY * 20):
         tracer.start_span(
             "process default", attributes={"message.id": f"id-{number}", "system": "rabbitmq"}
         ).end()
     spans = exporter.get_finished_spans()
-    assert decoded(encode_spans(spans)) == upstream_encode_spans(spans)
+    encoder = OtlpSpanEncoder()
+    assert decoded(encoder.encode(spans)) == upstream_encode_spans(spans)
 
-    by_key = [key for key, _, _ in otlp_encoding._pairs]
-    assert by_key.count("message.id") == otlp_encoding.VALUES_PER_KEY
-    assert ("system", str, "rabbitmq") in otlp_encoding._pairs
+    by_key = [key for key, _, _ in encoder._pairs]
+    assert by_key.count("message.id") == VALUES_PER_KEY
+    assert ("system", str, "rabbitmq") in encoder._pairs

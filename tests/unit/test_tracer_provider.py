@@ -13,13 +13,8 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan, sampling
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from observability.tracer_provider import (
-    EXPORT_BATCH_SIZE,
-    BatchLimits,
-    DropWhileUnreachable,
-    build_sampler,
-    connection_problem,
-)
+from observability.span_exporters import DropWhileUnreachable, connection_problem
+from observability.tracer_provider import EXPORT_BATCH_SIZE, BatchLimits, build_sampler
 from shared.settings import Settings, load_settings
 from shared.telemetry import provider_factory
 from tests.support import free_port

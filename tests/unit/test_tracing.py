@@ -22,7 +22,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from observability.tracing import TRACE_CONTEXT_OPTION, TraceContextFilter, Tracing, producer_context_of
+from observability.trace_carriers import ProducerContexts
+from observability.tracing import TRACE_CONTEXT_OPTION, TraceContextFilter, Tracing
 
 
 class SkipMarked(Middleware):
@@ -305,6 +306,11 @@ def test_bookkeeping_is_empty_after_1000_messages_including_failed_and_skipped(
 
 
 def test_a_batch_carrier_is_read_once_and_gives_what_the_propagator_gives() -> None:
+    contexts = ProducerContexts()
+
+    def producer_context_of(carrier: dict[str, str] | None) -> otel_context.Context:
+        return contexts.read(carrier).context
+
     carrier = {
         "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
         "baggage": "tenant=blue",

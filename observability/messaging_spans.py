@@ -1,0 +1,94 @@
+"""Names and attributes of greenroom's spans, as the OpenTelemetry messaging conventions define them.
+
+A PRODUCER span is ``send <queue>``, a CONSUMER span ``process <queue>``, both with
+messaging.system=rabbitmq, the operation, the destination and its routing key;
+greenroom adds the Dramatiq actor and retry count. The attributes every span on a
+queue shares are built once per queue and copied for each span.
+
+>>> shapes = SpanShapes()
+>>> name, attributes = shapes.consumer("default")
+>>> name, attributes["messaging.operation.type"], attributes["messaging.system"]
+('process default', 'process', 'rabbitmq')
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dramatiq.common import q_name
+from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
+from opentelemetry.trace import Span, Status, StatusCode
+
+from observability.opentelemetry_compat import (
+    MESSAGING_BATCH_MESSAGE_COUNT,
+    MESSAGING_DESTINATION_NAME,
+    MESSAGING_MESSAGE_ID,
+    MESSAGING_OPERATION_NAME,
+    MESSAGING_OPERATION_TYPE,
+    MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY,
+    MESSAGING_SYSTEM,
+    OPERATION_TYPE_PROCESS,
+    OPERATION_TYPE_SEND,
+    RABBITMQ,
+)
+
+#: Span attributes that the messaging conventions do not define.
+ACTOR_ATTRIBUTE = "dramatiq.actor.name"
+RETRIES_ATTRIBUTE = "dramatiq.message.retries"
+SKIPPED_ATTRIBUTE = "dramatiq.message.skipped"
+
+
+#: messaging.operation.type for each operation greenroom traces.
+OPERATION_TYPES = {"send": OPERATION_TYPE_SEND, "process": OPERATION_TYPE_PROCESS}
+
+
+class SpanShapes:
+    """The name and a fresh copy of the shared attributes of a span, by operation and queue."""
+
+    def __init__(self) -> None:
+        self._shared: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
+
+    def producer(self, routing_key: str, *, message_id: str, actor_name: str) -> tuple[str, dict[str, Any]]:
+        """``send <queue>`` for one message published with ``routing_key``."""
+        name, attributes = self._shape("send", routing_key)
+        attributes[MESSAGING_MESSAGE_ID] = message_id
+        attributes[ACTOR_ATTRIBUTE] = actor_name
+        return name, attributes
+
+    def batch(self, queue_name: str, count: int) -> tuple[str, dict[str, Any]]:
+        """``send <queue>`` for ``count`` messages published together."""
+        name, attributes = self._shape("send", queue_name)
+        attributes[MESSAGING_BATCH_MESSAGE_COUNT] = count
+        return name, attributes
+
+    def consumer(self, queue_name: str) -> tuple[str, dict[str, Any]]:
+        """``process <queue>`` (the caller adds the message's own attributes)."""
+        return self._shape("process", queue_name)
+
+    def _shape(self, operation: str, routing_key: str) -> tuple[str, dict[str, Any]]:
+        key = (operation, routing_key)
+        shape = self._shared.get(key)
+        if shape is None:
+            queue = q_name(routing_key)
+            shape = self._shared[key] = (
+                f"{operation} {queue}",
+                {
+                    MESSAGING_SYSTEM: RABBITMQ,
+                    MESSAGING_OPERATION_TYPE: OPERATION_TYPE_SEND
+                    if operation == "send"
+                    else OPERATION_TYPE_PROCESS,
+                    MESSAGING_OPERATION_NAME: operation,
+                    MESSAGING_DESTINATION_NAME: queue,
+                    MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY: routing_key,
+                },
+            )
+        return shape[0], dict(shape[1])
+
+
+def record_error(span: Span, error: BaseException) -> None:
+    """The exception event, error.type and an ERROR status on ``span``."""
+    if not span.is_recording():
+        return
+    span.record_exception(error)
+    span.set_attribute(ERROR_TYPE, type(error).__qualname__)
+    span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
