@@ -8,70 +8,33 @@ another TTL (DEAD_LETTER_TTL_SECONDS), a Redis login or database Redis rejects
 and restart its consumers every 3 seconds for good (or hold every result it
 stores for RESULT_STORE_RETRY_SECONDS), and ``send`` would retry for
 SEND_RETRY_TIMEOUT_SECONDS. Instead ``greenroom worker`` checks before it
-starts (exit 2), and ``send`` and ``greenroom dlq replay`` fail at once, each
-with one line that names the setting and says what to do.
+starts (exit 2, :mod:`shared.runtime.service_checks`), and ``send`` and
+``greenroom dlq replay`` fail at once, each with one line that names the
+setting and says what to do. This module only tells errors apart; opening a
+connection to check is :mod:`shared.connections`.
 
->>> check_services(settings, ["default"], stores_results=True)   # None, or the line to print
-"RABBITMQ_URL (amqp://app:***@rabbit:5672/prod): RabbitMQ refused the login ..."
->>> refusal_line(error, settings)                # for an error from a publish
->>> redis_refusal_line(error, settings)          # for an error from Redis
->>> outage_line(error)                           # what went wrong when nothing refused
-"ConnectionRefusedError: [Errno 111] Connection refused"
+>>> from shared.settings import load_settings
+>>> settings = load_settings(_env_file=None, RABBITMQ_URL="amqp://app:s3cret@rabbit:5672/prod")
+>>> refused = pika.exceptions.ProbableAuthenticationError("(403) 'ACCESS_REFUSED - Login was refused'")
+>>> refusal_line(refused, settings)
+'RABBITMQ_URL (amqp://app:***@rabbit:5672/prod): RabbitMQ refused the login: check the user name and password'
+>>> away = pika.exceptions.AMQPConnectionError(ConnectionRefusedError(111, "Connection refused"))
+>>> refusal_line(away, settings) is None     # an outage: retrying may help
+True
+>>> outage_line(away)                        # what went wrong when nothing refused
+'ConnectionRefusedError: [Errno 111] Connection refused'
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-from collections.abc import Iterable, Iterator
-
 import pika
 import pika.exceptions
-from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
-from shared.queue_arguments import PRECONDITION_FAILED, dead_letter_mismatch, explain_refusal
+from shared.queue_arguments import PRECONDITION_FAILED, explain_refusal
 from shared.settings import Settings, redact_url
-
-#: Seconds the check waits for RabbitMQ before leaving the question to the worker.
-CHECK_TIMEOUT_SECONDS = 5.0
 
 #: RabbitMQ's reply code for an operation the user has no permission for.
 ACCESS_REFUSED = 403
-
-#: What opening a connection to RabbitMQ raises when it fails: pika's errors, a name
-#: that does not resolve (socket.gaierror), a stalled handshake (AMQPConnectorStackTimeout).
-CONNECTION_ERRORS = (pika.exceptions.AMQPError, AMQPConnectorException, OSError)
-
-
-def check_services(settings: Settings, queues: Iterable[str], *, stores_results: bool) -> str | None:
-    """None when RabbitMQ accepts the login, the vhost and the dead-letter queues of
-    ``queues`` as the settings describe them, and (if the worker ``stores_results``)
-    Redis its login and database; else the line to print. A service that cannot be
-    reached at all passes: that is an outage, and the worker connects once it can.
-    Declares the dead-letter queues the worker would declare next, nothing else.
-    """
-    return _rabbitmq_refusal(settings, queues) or (_redis_refusal(settings) if stores_results else None)
-
-
-def _rabbitmq_refusal(settings: Settings, queues: Iterable[str]) -> str | None:
-    parameters = pika.URLParameters(settings.rabbitmq_url)
-    parameters.socket_timeout = CHECK_TIMEOUT_SECONDS
-    parameters.blocked_connection_timeout = CHECK_TIMEOUT_SECONDS
-    parameters.connection_attempts = 1
-    with _quiet_pika():
-        try:
-            connection = pika.BlockingConnection(parameters)
-        except CONNECTION_ERRORS as error:
-            return refusal_line(error, settings)
-        try:
-            return dead_letter_mismatch(connection, queues, settings.DEAD_LETTER_TTL_SECONDS)
-        except pika.exceptions.ChannelClosedByBroker as error:  # a permission the user lacks, say
-            return refusal_line(error, settings)
-        except pika.exceptions.AMQPConnectionError:
-            return None
-        finally:
-            with contextlib.suppress(pika.exceptions.AMQPError):
-                connection.close()
 
 
 def refusal_line(error: BaseException, settings: Settings) -> str | None:
@@ -130,31 +93,3 @@ def _innermost(error: BaseException) -> BaseException:
             return error
         error = inner
     return error
-
-
-def _redis_refusal(settings: Settings) -> str | None:
-    import redis  # imported here: 0.18 s, and only workers whose tasks store results need it
-
-    client = redis.Redis.from_url(
-        settings.redis_url, socket_connect_timeout=CHECK_TIMEOUT_SECONDS, socket_timeout=CHECK_TIMEOUT_SECONDS
-    )
-    try:
-        client.ping()
-    except redis.RedisError as error:  # a login, a database number past the server's count
-        return redis_refusal_line(error, settings)
-    finally:
-        client.close()
-    return None
-
-
-@contextlib.contextmanager
-def _quiet_pika() -> Iterator[None]:
-    """pika logs each step of a failed connection at ERROR, and each channel the broker
-    closes as a WARNING; during the check those are answers, not news."""
-    pika_logger = logging.getLogger("pika")
-    level = pika_logger.level
-    pika_logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        pika_logger.setLevel(level)

@@ -1,12 +1,14 @@
 """Inspect, replay and purge dead-lettered messages (the ``<queue>.XQ`` queues).
 
->>> letters = DeadLetters(producer)
->>> [letter.message_id for letter in letters.list("default", limit=10)]   # nothing consumed
-['0c1f5a3e-2b8d-4c1e-9a57-6f0d2e3b9c41']
->>> resolve_ids(["0c1f5a3e"], {"default": letters.ids("default")})  # or unambiguous prefixes (8+)
-{'default': {'0c1f5a3e-2b8d-4c1e-9a57-6f0d2e3b9c41'}}
->>> letters.replay("default", ids={"0c1f5a3e-2b8d-4c1e-9a57-6f0d2e3b9c41"}, fresh_retries=True)
-1
+Example (not run here: it needs RabbitMQ and a dead letter)::
+
+    letters = DeadLetters(producer)
+    [letter.message_id for letter in letters.list("default", limit=10)]   # nothing consumed
+    # ['0c1f5a3e-2b8d-4c1e-9a57-6f0d2e3b9c41']
+    resolve_ids(["0c1f5a3e"], {"default": letters.ids("default")})  # or unambiguous prefixes (8+)
+    # {'default': {'0c1f5a3e-2b8d-4c1e-9a57-6f0d2e3b9c41'}}
+    letters.replay("default", ids={"0c1f5a3e-2b8d-4c1e-9a57-6f0d2e3b9c41"}, fresh_retries=True)
+    # 1
 
 Listing reads messages without acknowledging them and returns them all to the
 queue. Replay republishes a message to the queue whose dead letter it is, with
@@ -28,7 +30,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
-import pika
 import pika.exceptions
 import redis
 from dramatiq.common import xq_name
@@ -36,9 +37,9 @@ from dramatiq.errors import DecodeError
 from dramatiq.results import ResultFailure, ResultMissing
 
 from observability.metrics import READY_AT_OPTION
-from shared.errors import BrokerRefused, BrokerUnavailable, DeadLetterNotFound, excerpt
+from shared.connections import checking_connection
+from shared.errors import DeadLetterNotFound, excerpt
 from shared.producer import Producer
-from shared.service_refusals import CONNECTION_ERRORS, outage_line, refusal_line
 from shared.strict_json import json_safe
 
 #: How many dead letters one listing or replay reads at most unless told otherwise.
@@ -180,25 +181,10 @@ class DeadLetters:
 
     @contextmanager
     def _channel(self) -> Iterator[Any]:
-        """A channel on a connection of its own; RabbitMQ refusing or missing is a GreenroomError."""
-        settings = self.producer.settings
-        try:
-            connection = pika.BlockingConnection(pika.URLParameters(settings.rabbitmq_url))
-        except CONNECTION_ERRORS as error:
-            refused = refusal_line(error, settings)
-            if refused is not None:
-                raise BrokerRefused(refused) from None
-            raise BrokerUnavailable(f"could not reach RabbitMQ: {outage_line(error)}") from None
-        try:
+        """A channel on a connection of its own; RabbitMQ refusing or missing is a GreenroomError
+        (BrokerRefused, BrokerUnavailable)."""
+        with checking_connection(self.producer.settings) as connection:
             yield connection.channel()
-        except pika.exceptions.AMQPError as error:
-            refused = refusal_line(error, settings)
-            if refused is not None:
-                raise BrokerRefused(refused) from None
-            raise BrokerUnavailable(f"RabbitMQ connection lost: {outage_line(error)}") from None
-        finally:
-            if connection.is_open:
-                connection.close()
 
 
 def resolve_ids(given: Iterable[str], known: dict[str, set[str]]) -> dict[str, set[str]]:
@@ -207,8 +193,8 @@ def resolve_ids(given: Iterable[str], known: dict[str, set[str]]) -> dict[str, s
     (queue -> its dead letters' ids); the full ids by queue. Raises DeadLetterNotFound,
     naming the id, if one matches none or more than one.
 
-    >>> resolve_ids(["0c1f5a3e"], {"default": {"0c1f5a3e-2b8d-...", "6b8e..."}})
-    {'default': {'0c1f5a3e-2b8d-...'}}
+    >>> resolve_ids(["0c1f5a3e"], {"default": {"0c1f5a3e-2b8d-4c1e", "6b8e0d2a-77c3-41f0"}})
+    {'default': {'0c1f5a3e-2b8d-4c1e'}}
     """
     found: dict[str, set[str]] = {}
     for wanted in given:

@@ -1,6 +1,8 @@
 """A producer service for demos: a steady mix of tasks, so dashboards show life at once.
 
->>> run_demo(producer, rate=5.0, duration=60.0)   # about 300 tasks, then returns
+Example (not run here: it needs RabbitMQ)::
+
+    run_demo(producer, rate=5.0, duration=60.0)   # about 300 tasks, then returns
 """
 
 from __future__ import annotations

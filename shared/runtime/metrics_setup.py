@@ -18,7 +18,7 @@ import signal
 import socket
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,6 +40,9 @@ logger = logging.getLogger("greenroom.exposition")
 #: prometheus_client's own variable: where worker processes write their metric files.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
+#: Seconds between two looks at readiness while ``serving_metrics`` waits for the worker to be ready.
+READY_POLL_SECONDS = 0.05
+
 
 def metrics_directory(settings: Settings) -> Path:
     """One directory per process type and port, so two workers on one host never share."""
@@ -57,9 +60,10 @@ def worker_registry(settings: Settings) -> WorkerRegistry:
 
 def metrics_settings_problem(settings: Settings) -> str | None:
     """One line naming METRICS_HOST, METRICS_PORT or METRICS_DIR and what is wrong with it, or None.
+    For example (the resolver's words vary by system)::
 
-    >>> metrics_settings_problem(load_settings(METRICS_HOST="no-such-host.invalid"))
-    "METRICS_HOST 'no-such-host.invalid' does not resolve (Name or service not known)"
+        metrics_settings_problem(load_settings(METRICS_HOST="no-such-host.invalid"))
+        # "METRICS_HOST 'no-such-host.invalid' does not resolve (Name or service not known)"
     """
     return _address_problem(settings.METRICS_HOST, settings.metrics_port) or _directory_problem(
         metrics_directory(settings)
@@ -138,28 +142,62 @@ def watched_queues(settings: Settings) -> list[str]:
 
 
 @contextlib.contextmanager
-def serving_metrics(settings: Settings) -> Iterator[None]:
+def serving_metrics(settings: Settings, *, on_ready: Callable[[], None] | None = None) -> Iterator[None]:
     """Serve /metrics, /healthz and /readyz from this process (the worker master) while the body runs.
 
-    >>> with serving_metrics(settings):
-    ...     exit_code = dramatiq.cli.main(dramatiq_args)
+    ``on_ready`` is called once, from a thread of its own, when /readyz first
+    answers 200: the server listens and every expected worker process consumes.
+    Example (from ``greenroom worker``)::
+
+        with serving_metrics(settings, on_ready=lambda: log_ready(settings, queues)):
+            exit_code = dramatiq.cli.main(dramatiq_args)
     """
     from observability.exposition import Health, serve_while_workers_run
 
     health = Health(workers=worker_registry(settings), expected_processes=settings.WORKER_PROCESSES)
-    stop = threading.Event()
-    thread = threading.Thread(
-        target=serve_while_workers_run,
-        args=(lambda: _bind(settings, health), health, stop),
-        name="greenroom-exposition",
-        daemon=True,
-    )
-    thread.start()
+    stop, listening = threading.Event(), threading.Event()
+
+    def bind() -> ExpositionServer | None:
+        server = _bind(settings, health)
+        if server is not None:
+            listening.set()
+        return server
+
+    threads = [
+        threading.Thread(
+            target=serve_while_workers_run,
+            args=(bind, health, stop),
+            name="greenroom-exposition",
+            daemon=True,
+        )
+    ]
+    if on_ready is not None:
+        threads.append(
+            threading.Thread(
+                target=_call_when_ready,
+                args=(health, listening, stop, on_ready),
+                name="greenroom-ready-watch",
+                daemon=True,
+            )
+        )
+    for thread in threads:
+        thread.start()
     try:
         yield
     finally:
         stop.set()
-        thread.join(timeout=5)
+        for thread in threads:
+            thread.join(timeout=5)
+
+
+def _call_when_ready(
+    health: Health, listening: threading.Event, stop: threading.Event, on_ready: Callable[[], None]
+) -> None:
+    """Call ``on_ready`` once the server listens and readiness (what /readyz answers) first holds."""
+    while not (listening.is_set() and health.readiness()[0]):
+        if stop.wait(READY_POLL_SECONDS):
+            return
+    on_ready()
 
 
 def _bind(settings: Settings, health: Health) -> ExpositionServer | None:

@@ -22,7 +22,7 @@ from shared.bench.recorder import BENCH_QUEUE
 from shared.errors import PublishError
 from shared.producer import Producer
 from shared.queue_arguments import explain_refusal
-from shared.service_refusals import check_services
+from shared.runtime.service_checks import check_services
 from shared.settings import Settings, load_settings
 from tests.support import delete_queues, run_cli, take_all
 
