@@ -26,7 +26,6 @@ import math
 import numbers
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from dramatiq.results import ResultTimeout as DramatiqResultTimeout
 from opentelemetry.trace import TracerProvider
 
 from observability.tracing import Tracing
+from shared.backoff import Backoff, retry_with_backoff
 from shared.broker import build_broker, build_result_backend
 from shared.errors import (
     InvalidParameter,
@@ -65,9 +65,8 @@ from shared.telemetry import ensure_producer_tracing
 #: How long TaskHandle.result() waits when no timeout is given, in seconds.
 DEFAULT_RESULT_TIMEOUT = 10.0
 
-#: Backoff between publish attempts while RabbitMQ is unreachable.
-SEND_RETRY_FIRST_DELAY_SECONDS = 0.1
-SEND_RETRY_MAX_DELAY_SECONDS = 1.0
+#: Waits between publish attempts while RabbitMQ is unreachable (SEND_RETRY_TIMEOUT_SECONDS bounds them).
+SEND_BACKOFF = Backoff(first_delay=0.1, max_delay=1.0)
 
 #: Longest message id ``result_of`` accepts (Dramatiq's are 36-character UUIDs).
 MAX_MESSAGE_ID_CHARS = 255
@@ -242,25 +241,29 @@ class Producer:
         self._with_retries(f"message {message.message_id}", lambda: self.broker.enqueue(message))
 
     def _with_retries(self, what: str, publish: Callable[[], object]) -> None:
-        deadline = time.monotonic() + self.settings.SEND_RETRY_TIMEOUT_SECONDS
-        delay = SEND_RETRY_FIRST_DELAY_SECONDS
-        while True:
-            try:
-                publish()
-                return
-            except (BrokerConnectionError, pika.exceptions.AMQPError) as error:
-                self._abandon_span(error)
-                refused = refusal_line(error, self.settings)
-                if refused is not None:  # RabbitMQ refuses the settings: retrying cannot help
-                    raise PublishRefused(f"could not publish {what}: {refused}") from None
-                if time.monotonic() + delay > deadline:
-                    raise PublishError(
-                        f"could not publish {what} within "
-                        f"{self.settings.SEND_RETRY_TIMEOUT_SECONDS:g}s: {outage_line(error)}"
-                    ) from None
-                logger.warning("Publishing %s failed, retrying in %.2fs: %s", what, delay, outage_line(error))
-                time.sleep(delay)
-                delay = min(delay * 2, SEND_RETRY_MAX_DELAY_SECONDS)
+        def refuse_or_abandon(error: BaseException) -> None:
+            self._abandon_span(error)
+            refused = refusal_line(error, self.settings)
+            if refused is not None:  # RabbitMQ refuses the settings: retrying cannot help
+                raise PublishRefused(f"could not publish {what}: {refused}") from None
+
+        def log_retry(error: BaseException, delay: float) -> None:
+            logger.warning("Publishing %s failed, retrying in %.2fs: %s", what, delay, outage_line(error))
+
+        try:
+            retry_with_backoff(
+                publish,
+                retry_on=(BrokerConnectionError, pika.exceptions.AMQPError),
+                timeout_seconds=self.settings.SEND_RETRY_TIMEOUT_SECONDS,
+                policy=SEND_BACKOFF,
+                on_failure=refuse_or_abandon,
+                on_retry=log_retry,
+            )
+        except (BrokerConnectionError, pika.exceptions.AMQPError) as error:
+            raise PublishError(
+                f"could not publish {what} within "
+                f"{self.settings.SEND_RETRY_TIMEOUT_SECONDS:g}s: {outage_line(error)}"
+            ) from None
 
     def _abandon_span(self, error: BaseException) -> None:
         tracing = self._tracing()

@@ -18,6 +18,8 @@ import redis
 from dramatiq.results import ResultMissing, ResultTimeout
 from dramatiq.results.backends import RedisBackend
 
+from shared.backoff import Backoff, retry_with_backoff
+
 #: Key prefix of stored results (keys are readable: NAMESPACE:queue:actor:message_id).
 RESULTS_NAMESPACE = "greenroom-results"
 
@@ -28,9 +30,9 @@ SOCKET_TIMEOUT_MARGIN_SECONDS = 1.0
 #: The longest single blocking read when the connection has no socket timeout.
 MAX_BLOCKING_READ_SECONDS = 60.0
 
-#: Backoff between attempts to store a result while Redis is unreachable.
-STORE_RETRY_FIRST_DELAY_SECONDS = 0.2
-STORE_RETRY_MAX_DELAY_SECONDS = 2.0
+#: Waits between attempts to store a result while Redis is unreachable
+#: (RESULT_STORE_RETRY_SECONDS bounds them).
+STORE_BACKOFF = Backoff(first_delay=0.2, max_delay=2.0)
 
 logger = logging.getLogger("greenroom.results")
 
@@ -56,22 +58,23 @@ class RedisResultBackend(RedisBackend):  # type: ignore[misc]
         self.store_retry_seconds = store_retry_seconds
 
     def _store(self, message_key: str, result: Any, ttl: int) -> None:
-        deadline = time.monotonic() + self.store_retry_seconds
-        delay = STORE_RETRY_FIRST_DELAY_SECONDS
-        while True:
-            try:
-                super()._store(message_key, result, ttl)
-                return
-            except (redis.ConnectionError, redis.TimeoutError) as error:
-                if time.monotonic() + delay > deadline:
-                    logger.error(
-                        "Result %s not stored: Redis unavailable for %.0fs (%s)",
-                        message_key, self.store_retry_seconds, error,
-                    )  # fmt: skip
-                    raise
-                logger.warning("Redis unavailable, retrying to store result %s in %.1fs", message_key, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, STORE_RETRY_MAX_DELAY_SECONDS)
+        def log_retry(error: BaseException, delay: float) -> None:
+            logger.warning("Redis unavailable, retrying to store result %s in %.1fs", message_key, delay)
+
+        try:
+            retry_with_backoff(
+                lambda: super(RedisResultBackend, self)._store(message_key, result, ttl),
+                retry_on=(redis.ConnectionError, redis.TimeoutError),
+                timeout_seconds=self.store_retry_seconds,
+                policy=STORE_BACKOFF,
+                on_retry=log_retry,
+            )
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            logger.error(
+                "Result %s not stored: Redis unavailable for %.0fs (%s)",
+                message_key, self.store_retry_seconds, error,
+            )  # fmt: skip
+            raise
 
     def get_result(
         self, message: dramatiq.Message[Any], *, block: bool = False, timeout: float | None = None
