@@ -28,6 +28,7 @@ EXPECTED_EMPTY = {
     "GreenroomQueueWaitSLOBreached": "p95 queue wait stays far below its 30 s SLO; promtool tests it firing",
     "GreenroomBacklogGrowingWhileSaturated": "workers are not saturated here; promtool tests cover firing",
     "GreenroomWorkerDown": "the worker is up; promtool tests cover firing",
+    "GreenroomDegraded": "every fast path builds here; promtool tests cover firing",
 }
 
 
