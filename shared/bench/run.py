@@ -54,6 +54,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from shared.bench.load import offer_load
 from shared.bench.otlp_receiver import OtlpReceiver
 from shared.bench.recorder import BENCH_QUEUE, completed, waits
+from shared.bench.task import BENCH_ECHO
 from shared.producer import Producer
 from shared.queue_arguments import dead_letter_arguments
 from shared.settings import Settings
@@ -147,8 +148,8 @@ class Bench:
         self, side: str, producer: Producer, receiver: OtlpReceiver, count: int
     ) -> tuple[float, float, float, float]:
         self._reset()
-        producer.send("bench.echo", payload="warm-up")
-        producer.send_many("bench.echo", [{"payload": self.payload}] * count)
+        producer.send(BENCH_ECHO.name, payload="warm-up")
+        producer.send_many(BENCH_ECHO.name, [{"payload": self.payload}] * count)
         cpu_before = _children_cpu()
         started = time.monotonic()
         with self._worker(side, receiver) as worker:
@@ -166,10 +167,10 @@ class Bench:
         self._say(f"{side}: queue wait at {rate:.0f} tasks/s for {LOAD_SECONDS:g}s ...")
         self._reset()
         with self._worker(side, receiver):
-            producer.send("bench.echo", payload="warm-up")
+            producer.send(BENCH_ECHO.name, payload="warm-up")
             self._wait_completed(1)
             sent = offer_load(
-                producer, "bench.echo", rate=rate, seconds=LOAD_SECONDS, kwargs={"payload": self.payload}
+                producer, BENCH_ECHO.name, rate=rate, seconds=LOAD_SECONDS, kwargs={"payload": self.payload}
             )
             self._wait_completed(sent + 1)
         measured = sorted(wait * 1000 for wait in waits(self.records))
@@ -193,6 +194,7 @@ class Bench:
             argv = [
                 str(Path(sys.executable).with_name("greenroom")),
                 "worker",
+                "shared.bench.worker",
                 *options,
                 "--queues",
                 BENCH_QUEUE,
@@ -224,7 +226,7 @@ class Bench:
         self._reset()
         single = _rate(SINGLE_SENDS, self._greenroom_sender(producer, SINGLE_SENDS))
         batch = [{"payload": self.payload}] * self.options.messages
-        many = _rate(self.options.messages, lambda: producer.send_many("bench.echo", batch))
+        many = _rate(self.options.messages, lambda: producer.send_many(BENCH_ECHO.name, batch))
         self._reset()
         return {"send_confirmed": single, "send_many_confirmed": many}
 
@@ -233,7 +235,7 @@ class Bench:
         rates = {}
         for confirm in (True, False):
             broker = RabbitmqBroker(url=self.settings.rabbitmq_url, confirm_delivery=confirm)
-            actor = dramatiq.actor(actor_name="bench.echo", queue_name=BENCH_QUEUE, broker=broker)(_echo)
+            actor = dramatiq.actor(actor_name=BENCH_ECHO.name, queue_name=BENCH_QUEUE, broker=broker)(_echo)
             actor.send("warm-up")
             name = "send_confirmed" if confirm else "send_unconfirmed"
             rates[name] = _rate(SINGLE_SENDS, self._bare_sender(actor, SINGLE_SENDS))
@@ -242,7 +244,7 @@ class Bench:
         return rates
 
     def _greenroom_sender(self, producer: Producer, count: int) -> Callable[[], object]:
-        return lambda: [producer.send("bench.echo", payload=self.payload) for _ in range(count)]
+        return lambda: [producer.send(BENCH_ECHO.name, payload=self.payload) for _ in range(count)]
 
     def _bare_sender(self, actor: dramatiq.Actor[..., Any], count: int) -> Callable[[], object]:
         return lambda: [actor.send(self.payload) for _ in range(count)]

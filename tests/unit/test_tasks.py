@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 
 from shared.errors import InvalidTaskArguments, UnknownTask
@@ -35,4 +39,13 @@ def test_unknown_task_lists_the_known_ones() -> None:
 
 
 def test_every_contract_is_on_a_named_queue() -> None:
-    assert {contract.queue for contract in TASKS.values()} == {"default", "reports", "greenroom-bench"}
+    assert {contract.queue for contract in TASKS.values()} == {"default", "reports"}
+
+
+def test_the_bench_task_is_not_in_the_production_table() -> None:
+    # Given a process that loads only production modules
+    code = "import json, shared.tasks, workers; print(json.dumps(sorted(shared.tasks.TASKS)))"
+    # When it lists its task table
+    listed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    # Then the bench's task is not in it
+    assert json.loads(listed) == ["echo", "fail", "reports.build", "reports.sync_inventory"]

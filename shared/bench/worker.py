@@ -1,0 +1,23 @@
+"""The module the bench's greenroom-side worker processes load.
+
+``greenroom bench`` starts them as ``greenroom worker shared.bench.worker --queues
+greenroom-bench``. Importing this module loads the production worker module
+(:mod:`workers`: the broker with every middleware, and the production actors, so
+start-up and memory are a real worker's), then declares the bench's own actor.
+A default ``greenroom worker`` never imports it.
+"""
+
+from __future__ import annotations
+
+from shared.bench.recorder import record_completion
+from shared.bench.task import BENCH_ECHO, BenchEchoArguments
+from workers import broker
+from workers.actor import implements
+
+__all__ = ["bench_echo", "broker"]
+
+
+@implements(BENCH_ECHO)
+def bench_echo(arguments: BenchEchoArguments) -> None:
+    """Record this task's queue wait: the same work as the bare-Dramatiq side (no result stored)."""
+    record_completion(arguments.sent_at)
