@@ -17,7 +17,6 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import dramatiq
 from dramatiq.brokers.rabbitmq import MAX_ENQUEUE_ATTEMPTS, RabbitmqBroker
-from dramatiq.common import xq_name
 from dramatiq.middleware import (
     AgeLimit,
     Callbacks,
@@ -32,6 +31,7 @@ from dramatiq.results import ResultBackend, Results
 from opentelemetry.trace import TracerProvider
 
 from observability.task_logging import TaskLogging
+from shared.dramatiq_compat import DeadLetterArgumentsBroker
 from shared.logging import BatchedWorkerLogs
 from shared.queue_arguments import dead_letter_arguments
 from shared.runtime.boot_freeze import FreezeBootObjects
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from shared.results import RedisResultBackend
 
 
-class GreenroomBroker(RabbitmqBroker):
+class GreenroomBroker(DeadLetterArgumentsBroker):
     """RabbitmqBroker whose consumers check every body (at most ``max_message_bytes``) and
     whose dead-letter queues keep messages DEAD_LETTER_TTL_SECONDS.
 
@@ -104,15 +104,13 @@ class GreenroomBroker(RabbitmqBroker):
             self._hooks[name] = hooks
         return hooks
 
-    @property
-    def consumer_class(self) -> type[Any]:
-        """Dramatiq's consumer checking every body, with acks in batches (:mod:`shared.runtime.consumer`)."""
-        return GreenroomConsumer
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> GreenroomConsumer:
+        """A consumer checking every body, with acks in batches (:mod:`shared.runtime.consumer`)."""
+        self.declare_queue(queue_name, ensure=True)
+        return GreenroomConsumer(self, queue_name, prefetch, timeout)
 
-    def _declare_xq_queue(self, queue_name: str) -> Any:
-        return self.channel.queue_declare(
-            queue=xq_name(queue_name), durable=True, arguments=dead_letter_arguments(self.dead_letter_ttl_ms)
-        )
+    def dead_letter_queue_arguments(self) -> dict[str, Any]:
+        return dead_letter_arguments(self.dead_letter_ttl_ms)
 
 
 def _owner(hook: Callable[..., Any]) -> object:

@@ -21,8 +21,12 @@ Every wait for confirmations ends by ``timeout`` + ``CONFIRM_TIMEOUT_SECONDS``
 after the first ``publish``: the caller retries for ``timeout``, and the last
 attempt may wait one confirm timeout more.
 
->>> publisher = BatchPublisher(broker, messages, timeout=10.0)
->>> publisher.publish()          # again after a ConnectionClosed: only the unconfirmed ones
+Should pika lose the private parts that pipelining needs
+(:mod:`shared.pika_compat`), every message waits for its own confirm, as with
+pika's public API, and the process says so once. For example::
+
+    publisher = BatchPublisher(broker, messages, timeout=10.0)
+    publisher.publish()          # again after a ConnectionClosed: only the unconfirmed ones
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ import pika
 import pika.exceptions
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.errors import ConnectionClosed
+
+from shared import pika_compat
 
 #: Messages written to the socket together before pika flushes them.
 CHUNK_SIZE = 256
@@ -92,7 +98,7 @@ class BatchPublisher:
             for start in range(0, len(messages), CHUNK_SIZE):
                 chunk = messages[start : start + CHUNK_SIZE]
                 confirmed.wait_for(confirmed.published + len(chunk) - MAX_UNCONFIRMED, self.give_up_at)
-                write_messages(self.broker, channel, chunk)
+                write_messages(self.broker, channel, chunk, confirmed)
                 confirmed.published += len(chunk)
                 connection.process_data_events(time_limit=0)  # write the chunk, read the acks so far
             confirmed.wait_for(confirmed.published, self.give_up_at)
@@ -135,25 +141,46 @@ def _forget_confirm_channel(connection: Any) -> None:
             kept[1].close()
 
 
-def write_messages(broker: RabbitmqBroker, channel: Any, messages: Sequence[dramatiq.Message[Any]]) -> None:
+def write_messages(
+    broker: RabbitmqBroker,
+    channel: Any,
+    messages: Sequence[dramatiq.Message[Any]],
+    confirmations: Confirmations | None = None,
+) -> None:
     """Hand ``messages`` to pika's buffer for ``channel`` (persistent, as Dramatiq publishes
     them); the next processing of the connection's events writes them out.
 
-    Middleware hooks run per message, as for ``broker.enqueue`` (tracing, metrics).
+    On the public path (``confirmations`` not pipelined) each publish waits for its
+    confirm instead, and counts it in ``confirmations``. Middleware hooks run per
+    message, as for ``broker.enqueue`` (tracing, metrics).
     """
+    waiting = confirmations is not None and not confirmations.pipelined
+    target = channel if waiting else pika_compat.buffering_channel(channel)
     for message in messages:
         broker.emit_before("enqueue", message, None)
-        channel._impl.basic_publish(
-            exchange="",
-            routing_key=message.queue_name,
-            body=message.encode(),
-            properties=pika.BasicProperties(delivery_mode=2, priority=message.options.get("broker_priority")),
-        )
+        try:
+            target.basic_publish(
+                exchange="",
+                routing_key=message.queue_name,
+                body=message.encode(),
+                properties=pika.BasicProperties(
+                    delivery_mode=2, priority=message.options.get("broker_priority")
+                ),
+            )
+        except pika.exceptions.NackError:
+            raise pika.exceptions.AMQPChannelError("RabbitMQ refused a message") from None
+        if waiting and confirmations is not None:
+            confirmations.confirmed_by_publish()
         broker.emit_after("enqueue", message, None)
 
 
 class Confirmations:
-    """Puts a channel in confirm mode and tracks RabbitMQ's acks and nacks by delivery tag."""
+    """Puts a channel in confirm mode and tracks RabbitMQ's acks and nacks by delivery tag.
+
+    ``pipelined`` is False when pika offers only its public confirm mode
+    (:func:`shared.pika_compat.pipelined_confirms`): every publish then waits for its
+    own confirm, and :func:`write_messages` counts it here.
+    """
 
     def __init__(self, channel: Any) -> None:
         self.connection = channel.connection
@@ -163,12 +190,23 @@ class Confirmations:
         self.published = 0  # messages published on the channel so far: the highest tag handed out
         self._selected = False
         self._awaited: Callable[[], bool] | None = None  # what _wait is waiting for
-        channel._impl.confirm_delivery(ack_nack_callback=self._on_settled, callback=self._on_selected)
+        self.pipelined = pika_compat.pipelined_confirms(
+            channel, on_settled=self._on_settled, on_selected=self._on_selected
+        )
+        if not self.pipelined:
+            channel.confirm_delivery()  # pika's public path: each basic_publish waits for its confirm
+            return
         self._wait(lambda: self._selected)
 
     def wait_for(self, count: int, give_up_at: float = math.inf) -> None:
         """Wait until the first ``count`` messages are settled."""
+        if not self.pipelined:
+            return  # each publish waited for its confirm already
         self._wait(lambda: self.highest >= count, give_up_at)
+
+    def confirmed_by_publish(self) -> None:
+        """On the public path: the next message is confirmed (its publish returned)."""
+        self.highest += 1
 
     def acked(self, tag: int) -> bool:
         """Whether RabbitMQ confirmed (acked, not nacked) the message with delivery ``tag``."""

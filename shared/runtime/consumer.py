@@ -33,7 +33,10 @@ So no message is acked before it finished, and none that failed is acked.
 field through ``__getattr__`` after a failed normal lookup; the proxy here holds
 the seven fields as attributes, where normal lookup finds them.
 
->>> consumer = broker.consume("default", prefetch=16)   # GreenroomBroker returns one
+It implements Dramatiq's public :class:`dramatiq.broker.Consumer` interface on a
+pika ``BlockingConnection`` of its own; ``GreenroomBroker.consume`` returns one::
+
+    consumer = broker.consume("default", prefetch=16)
 """
 
 from __future__ import annotations
@@ -44,12 +47,14 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+import pika
 import pika.exceptions
-from dramatiq.broker import MessageProxy
-from dramatiq.brokers.rabbitmq import _RabbitmqConsumer
+from dramatiq.broker import Consumer, MessageProxy
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.common import q_name
 from dramatiq.errors import ConnectionClosed
 
+from shared import pika_compat
 from shared.runtime.message_checks import EXCERPT_CHARS, MessageRejected, checked_message, excerpt
 
 logger = logging.getLogger("greenroom.consumer")
@@ -64,7 +69,7 @@ class DeliveredMessage(MessageProxy):
     def __init__(self, consumer: GreenroomConsumer, tag: int, redelivered: bool, message: Any) -> None:
         super().__init__(message)
         self.delivered_by = consumer
-        self._tag = tag
+        self.delivery_tag = tag
         self.redelivered = redelivered
         vars(self).update(
             queue_name=message.queue_name,
@@ -77,17 +82,29 @@ class DeliveredMessage(MessageProxy):
         )
 
 
-class GreenroomConsumer(_RabbitmqConsumer):
-    """Dramatiq's RabbitMQ consumer that checks every body before handing it out, settles
+class GreenroomConsumer(Consumer):
+    """A RabbitMQ consumer of one queue that checks every body before handing it out, settles
     each delivery on the channel that delivered it, and settles finished messages a batch
     per wake-up."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+    def __init__(self, broker: RabbitmqBroker, queue_name: str, prefetch: int, timeout: int) -> None:
+        """Consume ``queue_name`` on a connection of its own, at most ``prefetch`` messages
+        unsettled; ``__next__`` returns None after ``timeout`` ms without a delivery."""
+        self.broker: Any = broker
+        self.queue_name = queue_name
         self._settling = threading.Lock()
+        #: Delivery tags handed out and not yet finished.
+        self.unsettled: set[int] = set()
         self._finished: list[tuple[int, bool]] = []  # (delivery tag, acked?) in finishing order
         self._flush_scheduled = False
         self._loss_reported = False
+        try:
+            self.connection = pika.BlockingConnection(parameters=broker.parameters)
+            self.channel = self.connection.channel()
+            self.channel.basic_qos(prefetch_count=prefetch)
+            self.iterator = self.channel.consume(queue_name, inactivity_timeout=timeout / 1000)
+        except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as e:
+            raise ConnectionClosed(e) from None
 
     def __next__(self) -> DeliveredMessage | None:
         try:
@@ -114,7 +131,7 @@ class GreenroomConsumer(_RabbitmqConsumer):
             reason = f"could not be checked ({type(error).__name__})"
             self._reject(method.delivery_tag, body, MessageRejected("body", reason))
             return None
-        self.known_tags.add(method.delivery_tag)
+        self.unsettled.add(method.delivery_tag)
         return DeliveredMessage(self, method.delivery_tag, method.redelivered, message)
 
     def _queue_of_actor(self, name: str) -> str | None:
@@ -163,16 +180,16 @@ class GreenroomConsumer(_RabbitmqConsumer):
             if isinstance(delivered_by, GreenroomConsumer):
                 delivered_by.report_lost_connection()
             return
-        self._finish(message._tag, acked=acked)
+        self._finish(message.delivery_tag, acked=acked)
 
     def _finish(self, tag: int, *, acked: bool, known: bool = True) -> None:
         with self._settling:
             if known:
-                if tag not in self.known_tags:
+                if tag not in self.unsettled:
                     verb = "ack" if acked else "nack"
-                    self.logger.warning("Failed to %s message: not in known tags.", verb)
+                    logger.warning("Failed to %s message: not in known tags.", verb)
                     return
-                self.known_tags.remove(tag)
+                self.unsettled.remove(tag)
             self._finished.append((tag, acked))
             if self._flush_scheduled:
                 return
@@ -192,7 +209,7 @@ class GreenroomConsumer(_RabbitmqConsumer):
             if self._loss_reported:
                 return
             self._loss_reported = True
-            unsettled = len(self.known_tags) + len(self._finished)
+            unsettled = len(self.unsettled) + len(self._finished)
         logger.warning(
             "Lost the connection to RabbitMQ while consuming %r: %d unsettled message(s) of it will be "
             "redelivered, finished ones included (delivery is at-least-once)",
@@ -206,18 +223,38 @@ class GreenroomConsumer(_RabbitmqConsumer):
         with self._settling:
             finished, self._finished = self._finished, []
             self._flush_scheduled = False
-            oldest_unfinished = min(self.known_tags, default=None)
+            oldest_unfinished = min(self.unsettled, default=None)
         frames = settlement_frames(finished, oldest_unfinished)
-        # All but the last frame go to pika's underlying channel, which only buffers them;
-        # the blocking channel's call for the last one writes the lot out in one go.
+        # All but the last frame are only buffered; the blocking channel's call for the
+        # last one writes the lot out in one go.
         channel = self.channel
-        buffering = getattr(channel, "_impl", channel)
+        buffering = pika_compat.buffering_channel(channel)
         for number, (tag, acked, multiple) in enumerate(frames, start=1):
             target = channel if number == len(frames) else buffering
             if acked:
                 target.basic_ack(tag, multiple=multiple)
             else:
                 target.basic_nack(tag, requeue=False)
+
+    def close(self) -> None:
+        """Send every settlement scheduled so far, then close the channel and the connection
+        (RabbitMQ redelivers what is still unsettled)."""
+        try:
+            sent = threading.Event()
+            self.connection.add_callback_threadsafe(sent.set)  # callbacks run in order
+            while not sent.is_set():
+                self.connection.sleep(0)
+        except pika.exceptions.ConnectionWrongStateError:
+            logger.debug("The connection of %r is closed already.", self.queue_name)
+        except Exception:
+            logger.exception(
+                "Could not send the last settlements of %r (RabbitMQ restarted?)", self.queue_name
+            )
+        try:
+            self.channel.close()
+            self.connection.close()
+        except (AssertionError, pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as e:
+            raise ConnectionClosed(e) from None
 
 
 def settlement_frames(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import time
 from collections import Counter
@@ -16,7 +17,9 @@ import pytest
 from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import Middleware
 from opentelemetry.sdk.trace import TracerProvider
+from prometheus_client import REGISTRY
 
+from shared import pika_compat
 from shared import publishing as batch_publisher
 from shared.errors import PublishError
 from shared.producer import Producer
@@ -289,3 +292,41 @@ def test_send_many_gives_up_within_the_send_timeout_when_rabbitmq_stays_unreacha
 
     # Then: retried for SEND_RETRY_TIMEOUT_SECONDS, plus at most one confirm wait
     assert elapsed < settings.SEND_RETRY_TIMEOUT_SECONDS + batch_publisher.CONFIRM_TIMEOUT_SECONDS + 1.0
+
+
+@pytest.fixture
+def without_pipelined_confirms(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pika whose blocking channel no longer keeps its channel where shared.pika_compat looks."""
+    monkeypatch.setattr(pika_compat, "IMPL_ATTRIBUTE", "_impl_moved")
+    monkeypatch.setattr("observability.fallbacks._reported", {})
+    monkeypatch.setattr(batch_publisher, "_kept", {})  # no confirm channel kept from a pipelined batch
+
+
+def test_without_pipelined_confirms_a_batch_arrives_whole_on_pikas_public_path_and_says_so(
+    producer: Producer, rabbitmq_url: str, without_pipelined_confirms: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    # When
+    with caplog.at_level(logging.ERROR, "greenroom.degraded"):
+        publisher = BatchPublisher(producer.broker, _messages("default", 300))
+        publisher.publish()
+
+    # Then: every message confirmed and in order; one ERROR line and the degraded gauge
+    assert publisher.unconfirmed == []
+    assert _drain(rabbitmq_url, "default") == list(range(300))
+    [line] = caplog.messages
+    assert line.startswith("pika pipelined confirms: fast path unavailable")
+    assert REGISTRY.get_sample_value("greenroom_degraded", {"component": "pika pipelined confirms"}) == 1
+    _, confirmed = _kept_channel(producer)
+    assert not confirmed.pipelined
+
+
+def test_without_pipelined_confirms_refused_messages_are_still_kept_for_a_retry(
+    producer: Producer, rabbitmq_url: str, full_after_five: str, without_pipelined_confirms: None
+) -> None:
+    messages = _messages(full_after_five, 12)
+    publisher = BatchPublisher(producer.broker, messages)
+
+    with pytest.raises(ConnectionClosed, match="refused"):
+        publisher.publish()
+    assert [m.message_id for m in publisher.unconfirmed] == [m.message_id for m in messages[5:]]
+    assert _drain(rabbitmq_url, full_after_five) == [0, 1, 2, 3, 4]

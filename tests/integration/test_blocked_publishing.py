@@ -106,9 +106,10 @@ def test_a_worker_threads_retry_enqueue_gives_up_while_rabbitmq_blocks_publisher
     broker = build_broker(blocking_settings, "worker")
     retries = next(m for m in broker.middleware if isinstance(m, Retries))
     actor = dramatiq.actor(broker=broker, actor_name="greenroom-test-fails", queue_name="default")(_fails)
-    message = MessageProxy(actor.message())
+    sent = actor.message()
+    message = MessageProxy(sent)
     try:
-        broker.enqueue(message._message)
+        broker.enqueue(sent)
 
         # When: Retries enqueues the retry, as a worker thread does after the task raised
         error, seconds = _blocked_call(
