@@ -33,6 +33,7 @@ from dramatiq.middleware import Middleware
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonEncoder, JsonFormatter
 
+from observability.periodic import Periodic
 from observability.task_logging import TaskContextFilter
 from observability.tracing import TraceContextFilter
 
@@ -221,8 +222,7 @@ class CurrentStreamHandler(logging.StreamHandler[TextIO]):
         self._waiting: list[str | logging.LogRecord] = []
         self._waiting_bytes = 0
         self._batching = False
-        self._stop_flusher = threading.Event()
-        self._flusher: threading.Thread | None = None
+        self._flusher: Periodic | None = None
 
     @property
     def stream(self) -> TextIO:
@@ -291,17 +291,13 @@ class CurrentStreamHandler(logging.StreamHandler[TextIO]):
             self._batching = True
         finally:
             self.release()
-        self._stop_flusher.clear()
-        self._flusher = threading.Thread(
-            target=self._flush_every, args=(flush_interval,), name="greenroom-log-flusher", daemon=True
-        )
+        self._flusher = Periodic(self.flush, interval=flush_interval, name="greenroom-log-flusher")
         self._flusher.start()
 
     def stop_batching(self) -> None:
         """Write what is waiting; every line is written at once from now on."""
-        self._stop_flusher.set()
         if self._flusher is not None:
-            self._flusher.join(timeout=5)
+            self._flusher.stop()
             self._flusher = None
         self.acquire()
         try:
@@ -309,10 +305,6 @@ class CurrentStreamHandler(logging.StreamHandler[TextIO]):
             self._write_waiting()
         finally:
             self.release()
-
-    def _flush_every(self, interval: float) -> None:
-        while not self._stop_flusher.wait(interval):
-            self.flush()
 
     def _write_waiting(self) -> None:
         if not self._waiting:
