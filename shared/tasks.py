@@ -5,23 +5,35 @@ keyword arguments and its options. Producers validate against it before
 publishing; workers validate again before running (a message may come from
 anywhere). Nothing here imports worker code.
 
+Declaring a :class:`TaskContract` registers it in :data:`TASKS`, the task table;
+a second contract with the same name is an error at once. The first time the
+table is read it imports :mod:`shared.contracts`, which imports every module
+in it, so a contract declared there is known to every process.
+
 >>> get_task("echo").validate({"payload": {"x": 1}})
 {'payload': {'x': 1}, 'delay_ms': 0}
 >>> get_task("echo").validate({"delay_ms": -1})
 Traceback (most recent call last):
   ...
 shared.errors.InvalidTaskArguments: invalid arguments for task 'echo': payload: Field required; ...
+>>> [contract.name for contract in all_tasks() if contract.queue == "reports"]
+['reports.build', 'reports.sync_inventory']
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import importlib
+import threading
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from shared.errors import InvalidTaskArguments, UnknownTask
+
+#: The package of built-in contracts, imported when the task table is first read.
+CONTRACTS_PACKAGE = "shared.contracts"
 
 
 class TaskArguments(BaseModel):
@@ -30,9 +42,16 @@ class TaskArguments(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class DuplicateTask(ValueError):
+    """A contract is declared with a name another contract already has."""
+
+
 @dataclass(frozen=True, slots=True)
 class TaskContract:
-    """A task as both sides know it. ``None`` options fall back to the TASK_* settings."""
+    """A task as both sides know it. ``None`` options fall back to the TASK_* settings.
+
+    Declaring one registers it in :data:`TASKS`.
+    """
 
     name: str
     queue: str
@@ -42,6 +61,9 @@ class TaskContract:
     time_limit_seconds: float | None = None
     min_backoff_seconds: float | None = None
     store_results: bool = True
+
+    def __post_init__(self) -> None:
+        TASKS.register(self)
 
     def validate(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
         """Check ``kwargs`` against the contract; return them as JSON-ready values."""
@@ -63,80 +85,49 @@ def _summarise(error: ValidationError) -> str:
     )
 
 
-# Diagnostic tasks (queue "default") ----------------------------------------------
+class TaskTable(Mapping[str, TaskContract]):
+    """Every declared contract by name: the built-in ones and any other module's.
+
+    Reading it (a lookup, iterating, ``len``) first imports ``package``, whose
+    modules declare the built-in contracts. Thread-safe.
+    """
+
+    def __init__(self, package: str) -> None:
+        self._package = package
+        self._contracts: dict[str, TaskContract] = {}
+        self._loaded = False
+        self._lock = threading.RLock()
+
+    def register(self, contract: TaskContract) -> None:
+        """Add ``contract``; DuplicateTask if its name is taken."""
+        with self._lock:
+            if contract.name in self._contracts:
+                raise DuplicateTask(
+                    f"task {contract.name!r} is declared twice "
+                    f"(queue {self._contracts[contract.name].queue!r} and queue {contract.queue!r})"
+                )
+            self._contracts[contract.name] = contract
+
+    def __getitem__(self, name: str) -> TaskContract:
+        return self._declared()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._declared()))
+
+    def __len__(self) -> int:
+        return len(self._declared())
+
+    def _declared(self) -> dict[str, TaskContract]:
+        if not self._loaded:
+            with self._lock:
+                if not self._loaded:
+                    importlib.import_module(self._package)  # its modules register their contracts
+                    self._loaded = True
+        return self._contracts
 
 
-class EchoArguments(TaskArguments):
-    payload: JsonValue
-    delay_ms: int = Field(default=0, ge=0, le=600_000, description="simulated work, in milliseconds")
-
-
-class FailArguments(TaskArguments):
-    reason: str = Field(default="diagnostic failure", max_length=500)
-
-
-ECHO = TaskContract(
-    name="echo",
-    queue="default",
-    arguments=EchoArguments,
-    description="Return `payload` after `delay_ms` of simulated work (checks, tests, benchmarks).",
-)
-
-
-class BenchEchoArguments(TaskArguments):
-    payload: JsonValue
-    sent_at: float = Field(default=0.0, ge=0, description="epoch seconds the producer sent it (queue wait)")
-
-
-BENCH_ECHO = TaskContract(
-    name="bench.echo",
-    queue="greenroom-bench",
-    arguments=BenchEchoArguments,
-    max_retries=0,
-    store_results=False,
-    description="`greenroom bench`'s task: the same work as its bare-Dramatiq twin.",
-)
-FAIL = TaskContract(
-    name="fail",
-    queue="default",
-    arguments=FailArguments,
-    max_retries=0,
-    description="Always raise (exercises dead-lettering, failure metrics and alerts).",
-)
-
-
-# Report tasks (queue "reports": CPU-heavy, fewer threads) ----------------------------
-
-
-class BuildReportArguments(TaskArguments):
-    report_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
-    rows: int = Field(default=50_000, ge=1, le=5_000_000)
-
-
-class SyncInventoryArguments(TaskArguments):
-    source: str = Field(min_length=1, max_length=200)
-    fail_first: int = Field(default=0, ge=0, le=10, description="simulated upstream failures before success")
-
-
-BUILD_REPORT = TaskContract(
-    name="reports.build",
-    queue="reports",
-    arguments=BuildReportArguments,
-    time_limit_seconds=120,
-    description="Aggregate `rows` generated sales rows into a summary (CPU-bound).",
-)
-SYNC_INVENTORY = TaskContract(
-    name="reports.sync_inventory",
-    queue="reports",
-    arguments=SyncInventoryArguments,
-    max_retries=5,
-    min_backoff_seconds=0.2,
-    description="Pull stock levels from a flaky upstream; transient errors retry with backoff.",
-)
-
-TASKS: dict[str, TaskContract] = {
-    contract.name: contract for contract in (ECHO, FAIL, BUILD_REPORT, SYNC_INVENTORY, BENCH_ECHO)
-}
+#: The task table of this process.
+TASKS = TaskTable(CONTRACTS_PACKAGE)
 
 
 def get_task(name: str) -> TaskContract:
@@ -145,3 +136,8 @@ def get_task(name: str) -> TaskContract:
         return TASKS[name]
     except KeyError:
         raise UnknownTask(name, list(TASKS)) from None
+
+
+def all_tasks() -> list[TaskContract]:
+    """Every declared contract, in the order they were declared."""
+    return list(TASKS.values())

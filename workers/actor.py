@@ -1,13 +1,29 @@
 """Turn a function into the Dramatiq actor that implements a task contract.
 
->>> @implements(ECHO)
-... def echo(arguments: EchoArguments) -> JsonValue:
-...     return arguments.payload
-
 The actor takes its name, queue and options from the contract (falling back to
 the TASK_* settings), re-validates every message's arguments, and rejects a
 message that breaks the contract without retrying it: it goes straight to the
 dead-letter queue with a log line saying why.
+
+>>> from dramatiq.brokers.stub import StubBroker
+>>> from dramatiq.results import Results
+>>> from dramatiq.results.backends import StubBackend
+>>> from shared.contracts.diagnostics import ECHO, EchoArguments
+>>> previous, stub = dramatiq.get_broker(), StubBroker()
+>>> stub.add_middleware(Results(backend=StubBackend()))
+>>> dramatiq.set_broker(stub)
+>>> @implements(ECHO)
+... def echo(arguments: EchoArguments) -> object:
+...     return arguments.payload
+>>> echo.actor_name, echo.queue_name
+('echo', 'default')
+>>> echo(payload=[1, 2])  # called directly: validated, then run
+[1, 2]
+>>> echo(payload=1, delay_ms=-1)
+Traceback (most recent call last):
+  ...
+shared.errors.InvalidTaskArguments: invalid arguments for task 'echo': delay_ms: ...
+>>> dramatiq.set_broker(previous)
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Diagnostic tasks on queue ``default``: used by checks, tests and benchmarks."""
+"""Diagnostic tasks on queue ``default``: used by checks and tests."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import time
 
 from pydantic import JsonValue
 
-from shared.bench.recorder import record_completion
-from shared.tasks import BENCH_ECHO, ECHO, FAIL, BenchEchoArguments, EchoArguments, FailArguments
+from shared.contracts.diagnostics import ECHO, FAIL, EchoArguments, FailArguments
 from workers.actor import implements
 
 
@@ -27,9 +26,3 @@ def echo(arguments: EchoArguments) -> JsonValue:
 def fail(arguments: FailArguments) -> None:
     """Always raise, so dead-lettering and failure alerts can be exercised."""
     raise DiagnosticFailure(arguments.reason)
-
-
-@implements(BENCH_ECHO)
-def bench_echo(arguments: BenchEchoArguments) -> None:
-    """`greenroom bench`'s task: the same work as the bare-Dramatiq side (no result stored)."""
-    record_completion(arguments.sent_at)

@@ -12,7 +12,7 @@ from typing import Any
 
 from dramatiq.middleware import CurrentMessage
 
-from shared.tasks import (
+from shared.contracts.reports import (
     BUILD_REPORT,
     SYNC_INVENTORY,
     BuildReportArguments,
