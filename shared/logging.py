@@ -23,7 +23,7 @@ import logging
 import re
 import sys
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Literal, TextIO
@@ -36,6 +36,7 @@ from pythonjsonlogger.json import JsonEncoder, JsonFormatter
 from observability.periodic import Periodic
 from observability.task_logging import TaskContextFilter
 from observability.tracing import TraceContextFilter
+from shared.stdlib_compat import scalar_dict_encoder, skip_caller_lookup
 
 #: Matches the password of a URL's userinfo (scheme://user:PASSWORD@host): everything up
 #: to the last ``@`` before the next whitespace, so a password holding ``@``, ``/``, ``?``,
@@ -109,6 +110,8 @@ class _SecretMaskingJsonFormatter(JsonFormatter):
             json_serializer=_serialize,
         )
         self._not_extra = frozenset(RESERVED_ATTRS)
+        #: Encodes a line of scalars; configure_logging installs the C encoder once logging works.
+        self.encode_scalars: Callable[[dict[str, Any]], str] = _ENCODER.encode
 
     def format(self, record: logging.LogRecord) -> str:
         return bounded_line(self._format_masked(record))
@@ -125,9 +128,7 @@ class _SecretMaskingJsonFormatter(JsonFormatter):
                 line[key] = value
                 scalars = scalars and type(value) in _IMMUTABLE_SCALARS
         line["timestamp"] = _iso_utc(record.created)
-        if scalars and _encode_scalars is not None:
-            return mask_secrets("".join(_encode_scalars(line, 0)))
-        return mask_secrets(_ENCODER.encode(line))
+        return mask_secrets(self.encode_scalars(line) if scalars else _ENCODER.encode(line))
 
 
 def bounded_line(line: str) -> str:
@@ -408,26 +409,6 @@ def build_formatter(fmt: Literal["json", "console"]) -> logging.Formatter:
 #: One encoder for every line: json.dumps(cls=...) would build a new one per line.
 _ENCODER = JsonEncoder(ensure_ascii=False)
 
-#: _ENCODER's C encoder, built once, for lines whose values are all immutable scalars.
-#: ``_ENCODER.encode`` builds a new one per line (0.7 us) to track containers for
-#: circular references; a line of scalars has none (None without the C extension).
-_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)  # not in typeshed
-_encode_scalars = (
-    _c_make_encoder(
-        None,  # no circular-reference markers: only ever given dicts of scalars
-        _ENCODER.default,
-        json.encoder.encode_basestring,  # ensure_ascii=False
-        _ENCODER.indent,
-        _ENCODER.key_separator,
-        _ENCODER.item_separator,
-        _ENCODER.sort_keys,
-        _ENCODER.skipkeys,
-        _ENCODER.allow_nan,
-    )
-    if _c_make_encoder is not None
-    else None
-)
-
 #: (whole second, its ISO 8601 date and time) of the latest line: lines of one second share it.
 _current_second: tuple[int, str] = (-1, "")
 
@@ -479,10 +460,12 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    # Built now that a fallback's ERROR line has a handler to go to.
+    if isinstance(handler.formatter, _SecretMaskingJsonFormatter):
+        handler.formatter.encode_scalars = scalar_dict_encoder(_ENCODER)
     # No line shows the caller's file and line, thread or process, so logging need
-    # not look them up (the logging HOWTO's "Optimization" section): together about
-    # 5 us of every line on a worker, where a line is written per task.
-    logging._srcfile = None
+    # not look them up (the logging HOWTO's "Optimization" section).
+    skip_caller_lookup()
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
