@@ -118,8 +118,8 @@ _kept_lock = threading.Lock()
 
 def _confirm_channel(connection: Any) -> tuple[Any, Confirmations]:
     """``connection``'s channel in confirm mode: opened for its first batch and kept for the
-    next ones (opening a channel, selecting confirms and closing it again are three round
-    trips, more than half of a one-message batch's time)."""
+    next ones (saving the round trips of opening a channel, selecting confirms and closing
+    it for every batch)."""
     with _kept_lock:
         kept = _kept.get(id(connection))
     if kept is not None and kept[1].is_open:

@@ -257,3 +257,33 @@ def test_a_bad_metrics_setting_stops_the_worker_with_one_line(
     assert completed.returncode == 2, completed.stderr
     [line] = completed.stderr.splitlines()
     assert line.startswith(f"greenroom: error: {says}"), line
+
+
+#: What the worker's interpreter is given in place of the libraries' private parts (as an upgrade
+#: that moved them would), each with the component its fallback names.
+BROKEN_FAST_PATHS = {
+    "dead-letter queue arguments": "del dramatiq.brokers.rabbitmq.RabbitmqBroker._declare_xq_queue",
+    "json line encoding": "json.encoder.c_make_encoder = None",  # a Python without the C encoder
+}
+
+
+def test_a_fast_path_that_cannot_be_built_is_an_error_line_and_greenroom_degraded_on_metrics(
+    start_worker: StartWorker, producer: Producer, tmp_path: Path
+) -> None:
+    # Given: a worker whose interpreter starts with those private parts gone
+    site = tmp_path / "broken-site"
+    site.mkdir()
+    breaking = ["import json.encoder", "import dramatiq.brokers.rabbitmq", *BROKEN_FAST_PATHS.values()]
+    (site / "sitecustomize.py").write_text("\n".join(breaking) + "\n")
+    worker = start_worker(processes=2, threads=2, env={"PYTHONPATH": str(site)})
+
+    # When: it runs a task on the public paths
+    assert producer.send("echo", payload=7).result(timeout=20) == 7
+
+    # Then: one ERROR line per fallback and process, and greenroom_degraded on /metrics for each
+    errors = [line for line in worker.json_lines() if line.get("logger") == "greenroom.degraded"]
+    assert {line["component"] for line in errors} == set(BROKEN_FAST_PATHS), worker.output()
+    assert all(line["level"] == "ERROR" and "public path" in line["message"] for line in errors)
+    assert _samples(worker, "greenroom_degraded") == {
+        (("component", component),): 1.0 for component in BROKEN_FAST_PATHS
+    }
