@@ -63,11 +63,11 @@ class BufferingChannel(RecordingChannel):
         self._impl = RecordingChannel(self, buffered=True)
 
 
-def _consumer(known_tags: set[int]) -> tuple[GreenroomConsumer, RecordingConnection, BufferingChannel]:
+def _consumer(unsettled: set[int]) -> tuple[GreenroomConsumer, RecordingConnection, BufferingChannel]:
     consumer = GreenroomConsumer.__new__(GreenroomConsumer)  # no broker: only the settling state
     connection, channel = RecordingConnection(), BufferingChannel()
     consumer.connection, consumer.channel = connection, channel
-    consumer.unsettled = set(known_tags)
+    consumer.unsettled = set(unsettled)
     consumer._settling, consumer._finished, consumer._flush_scheduled = threading.Lock(), [], False
     consumer._loss_reported = False
     consumer.queue_name = "default"
@@ -81,7 +81,7 @@ class Finished:
 
 
 def test_an_undecodable_message_is_rejected_before_a_settlement_scheduled_earlier_acks_past_it() -> None:
-    consumer, connection, channel = _consumer(known_tags={1, 3})
+    consumer, connection, channel = _consumer(unsettled={1, 3})
     consumer.ack(Finished(consumer, 1))  # schedules a settlement
     consumer._finish(2, acked=False, known=False)  # tag 2 failed its checks
     consumer.ack(Finished(consumer, 3))  # finishes before the settlement runs
@@ -91,7 +91,7 @@ def test_an_undecodable_message_is_rejected_before_a_settlement_scheduled_earlie
 
 
 def test_one_settlement_per_wake_up_and_single_acks_above_an_unfinished_message() -> None:
-    consumer, connection, channel = _consumer(known_tags={1, 2, 3, 4})
+    consumer, connection, channel = _consumer(unsettled={1, 2, 3, 4})
     for tag in (1, 3, 4):
         consumer.ack(Finished(consumer, tag))
     assert len(connection.callbacks) == 1
@@ -109,7 +109,7 @@ def test_without_pikas_buffering_channel_every_frame_is_written_at_once_and_said
     # Given: a pika whose blocking channel no longer keeps its channel where the adapter looks
     monkeypatch.setattr(pika_compat, "IMPL_ATTRIBUTE", "_impl_moved")
     monkeypatch.setattr("observability.fallbacks._reported", {})
-    consumer, connection, channel = _consumer(known_tags={1, 2, 3, 4})
+    consumer, connection, channel = _consumer(unsettled={1, 2, 3, 4})
 
     # When
     with caplog.at_level(logging.ERROR, "greenroom.degraded"):
@@ -128,8 +128,8 @@ def test_without_pikas_buffering_channel_every_frame_is_written_at_once_and_said
 def test_a_message_from_a_replaced_connection_is_not_settled_on_the_new_one(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    old, _, _ = _consumer(known_tags={1})
-    new, connection, channel = _consumer(known_tags={1})  # tag 1 here is another message
+    old, _, _ = _consumer(unsettled={1})
+    new, connection, channel = _consumer(unsettled={1})  # tag 1 here is another message
     with caplog.at_level(logging.WARNING, "greenroom.consumer"):
         new.ack(Finished(old, 1))
         new.nack(Finished(old, 1))
@@ -149,7 +149,7 @@ class ClosedConnection(RecordingConnection):
 def test_finishing_on_a_lost_connection_says_what_will_be_redelivered_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    consumer, _, _ = _consumer(known_tags={1, 2, 3})
+    consumer, _, _ = _consumer(unsettled={1, 2, 3})
     consumer.connection = ClosedConnection()
     with caplog.at_level(logging.WARNING, "greenroom.consumer"):
         consumer.ack(Finished(consumer, 1))  # raised into Dramatiq's "found a bug" handler before
@@ -176,7 +176,7 @@ class FakeBroker:
 def test_a_check_that_breaks_dead_letters_the_message_instead_of_stalling_the_queue(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    consumer, connection, channel = _consumer(known_tags=set())
+    consumer, connection, channel = _consumer(unsettled=set())
     consumer.broker = FakeBroker()
     consumer.iterator = iter([(Delivery(), None, b"{}")])
 
