@@ -13,7 +13,8 @@ Each part is built when this module is imported, on its own:
 - the OTLP/HTTP client parts (``_OTLPHTTPClient``, its transport interface, the
   ``_resolve_*`` helpers, request-size check and exporter metrics), for
   :mod:`observability.otlp_http_exporter`;
-- :func:`grpc_exporter_sending_bytes`, for :mod:`observability.otlp_grpc_exporter`.
+- :func:`grpc_exporter_sending_bytes`, for :mod:`observability.otlp_grpc_exporter`;
+- :func:`tracer_parts` and :class:`ConsumerSpan`, for :mod:`observability.consumer_span`.
 
 A part that cannot be built (a name moved, or an installed version outside the
 release series above) is recorded in :data:`UNAVAILABLE`; importing one of its names
@@ -24,14 +25,27 @@ then raises ImportError, and the caller falls back to the library's public expor
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from time import time_ns
 from typing import Any
 
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.environment_variables import OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits
+from opentelemetry.sdk.trace import Span as SdkSpan
+from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace.export import SpanExporter
+from opentelemetry.sdk.trace.sampling import Decision
+from opentelemetry.sdk.util import BoundedList
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import Link, SpanContext, SpanKind
+from opentelemetry.util import types
+
+logger = logging.getLogger("greenroom.tracing")
 
 #: The distributions this module was written against, with the versions tested.
 WRITTEN_AGAINST = {
@@ -187,3 +201,119 @@ def grpc_exporter_sending_bytes(
             return encode(data)
 
     return BytesOtlpSpanExporter
+
+
+# Consumer spans -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TracerParts:
+    """What an SDK Tracer keeps to itself and a consumer span made beside it needs."""
+
+    limits: SpanLimits
+    scope: InstrumentationScope
+    is_enabled: Callable[[], bool]
+    #: Counts a started span in the SDK's span metrics; returns what counts its end.
+    start_span_metrics: Callable[[SpanContext | None, Decision], Callable[[], None]]
+
+
+def tracer_parts(tracer: SdkTracer) -> TracerParts:
+    """``tracer``'s limits, scope, enabled switch and span metrics.
+
+    Raises AttributeError if the SDK moved them, IncompatibleOpenTelemetry outside the
+    SDK release series :class:`ConsumerSpan` was written against.
+    """
+    check_versions({name: WRITTEN_AGAINST[name] for name in ("opentelemetry-api", "opentelemetry-sdk")})
+    return TracerParts(
+        limits=tracer._span_limits,
+        scope=tracer._instrumentation_scope,
+        is_enabled=tracer._is_enabled,
+        start_span_metrics=tracer._tracer_metrics.start_span,
+    )
+
+
+class ConsumerSpan(SdkSpan):
+    """The SDK's Span, made for less: three things differ, none visible to its users.
+
+    - The attributes it starts with stay the dict given (greenroom wrote them); they
+      become the SDK's ``BoundedAttributes`` (validation, limits) on the first change,
+      or at once when the span limits are tight enough to matter.
+    - The links it starts with stay the tuple given (the caller drops links to nothing,
+      as the SDK does), until a link is added or the limit matters.
+    - ``end`` gives the processors the span itself instead of a read-only copy (an
+      ended span takes no change); it calls the span metrics and ``_on_ending`` as the SDK does.
+    """
+
+    def __init__(
+        self,
+        *,
+        tracer: SdkTracer,
+        parts: TracerParts,
+        name: str,
+        context: SpanContext,
+        parent: SpanContext | None,
+        attributes: dict[str, types.AnyValue],
+        links: tuple[Link, ...],
+        record_end_metrics: Callable[[], None],
+    ) -> None:
+        super().__init__(
+            name=name,
+            context=context,
+            parent=parent,
+            sampler=tracer.sampler,
+            resource=tracer.resource,
+            kind=SpanKind.CONSUMER,
+            span_processor=tracer.span_processor,
+            limits=parts.limits,
+            instrumentation_scope=parts.scope,
+            record_end_metrics=record_end_metrics,
+        )
+        limits = parts.limits
+        maximum = limits.max_span_attributes
+        self._attributes: Any = attributes
+        if limits.max_span_attribute_length is not None or (
+            maximum is not None and len(attributes) > maximum
+        ):
+            self._bound_attributes()
+        self._links: Any = links
+        if limits.max_links is not None and len(links) > limits.max_links:
+            self._links = BoundedList.from_seq(limits.max_links, links)
+
+    def set_attribute(self, key: str, value: types.AnyValue) -> None:
+        self._bound_attributes()
+        super().set_attribute(key, value)
+
+    def set_attributes(self, attributes: Mapping[str, types.AnyValue]) -> None:
+        self._bound_attributes()
+        super().set_attributes(attributes)
+
+    def add_link(self, context: SpanContext, attributes: types.Attributes = None) -> None:
+        with self._lock:
+            if type(self._links) is not BoundedList:
+                self._links = BoundedList.from_seq(self._limits.max_links, self._links)
+        super().add_link(context, attributes)
+
+    def end(self, end_time: int | None = None) -> None:
+        with self._lock:
+            if self._start_time is None:
+                raise RuntimeError("Calling end() on a not started span.")
+            if self._end_time is not None:
+                logger.warning("Calling end() on an ended span.")
+                return
+            self._end_time = end_time if end_time is not None else time_ns()
+            if type(self._attributes) is BoundedAttributes:
+                self._attributes._immutable = True
+        if self._record_end_metrics:
+            self._record_end_metrics()
+        self._span_processor._on_ending(self)
+        self._span_processor.on_end(self)
+
+    def _bound_attributes(self) -> None:
+        with self._lock:
+            if type(self._attributes) is dict and self._end_time is None:
+                self._attributes = BoundedAttributes(
+                    self._limits.max_span_attributes,
+                    self._attributes,
+                    immutable=False,
+                    max_value_len=self._limits.max_span_attribute_length,
+                )

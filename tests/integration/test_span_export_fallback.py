@@ -1,5 +1,6 @@
-"""When greenroom's span export cannot be built, spans still reach a real OTLP receiver through
-the library's public exporter and SDK spans, with one ERROR line and greenroom_degraded."""
+"""When greenroom's span export and consumer spans cannot be built, spans still reach a real
+OTLP receiver through the library's public exporter and SDK spans, with one ERROR line per
+component and greenroom_degraded."""
 
 from __future__ import annotations
 
@@ -14,9 +15,12 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.worker import Worker
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY
 
+from observability.consumer_span import FALLBACK_COMPONENT as CONSUMER_SPANS
 from observability.span_exporters import FALLBACK_COMPONENTS, OtlpProtocol
 from observability.tracer_provider import configure_tracer_provider, shutdown_tracer_provider
 from observability.tracing import Tracing
@@ -77,18 +81,21 @@ def test_spans_arrive_through_the_library_exporter_with_an_error_line_and_the_ga
         [processor] = provider._active_span_processor._span_processors
         exporter = processor.span_exporter  # type: ignore[attr-defined]  # a BatchSpanProcessor
         assert type(exporter) is (GrpcExporter if protocol == "grpc" else HttpExporter)
+        memory = InMemorySpanExporter()
+        provider.add_span_processor(SimpleSpanProcessor(memory))
         _traced_tasks(provider, 5)
         assert shutdown_tracer_provider(provider, timeout_seconds=10)
+        assert {type(span) for span in memory.get_finished_spans()} == {ReadableSpan}  # the SDK's own copies
         spans = receiver.spans()
 
-    component = FALLBACK_COMPONENTS[protocol]
-    [line] = [r for r in caplog.records if r.name == "greenroom.degraded"]
-    assert line.levelno == logging.ERROR
-    assert line.getMessage().startswith(
-        f"{component}: fast path unavailable, using the library's public path"
-    )
-    assert "opentelemetry_compat halted" in line.getMessage()  # the ImportError's own words
-    assert REGISTRY.get_sample_value("greenroom_degraded", {"component": component}) == 1
+    lines = {r.getMessage().split(":")[0]: r for r in caplog.records if r.name == "greenroom.degraded"}
+    assert sorted(lines) == sorted([FALLBACK_COMPONENTS[protocol], CONSUMER_SPANS]), caplog.text
+    for component, line in lines.items():
+        assert line.levelno == logging.ERROR
+        expected = f"{component}: fast path unavailable, using the library's public path"
+        assert line.getMessage().startswith(expected)
+        assert "opentelemetry_compat halted" in line.getMessage()  # the ImportError's own words
+        assert REGISTRY.get_sample_value("greenroom_degraded", {"component": component}) == 1
     assert sorted(s.kind for s in spans) == ["CONSUMER"] * 5 + ["PRODUCER"] * 5
     assert all(s.attributes["messaging.system"] == "rabbitmq" for s in spans)
 

@@ -1,5 +1,6 @@
 """ConsumerSpan against the SDK's own span: the same inputs and the same calls
-must export the same OTLP span (ids and times aside)."""
+must export the same OTLP span (ids and times aside), call the processors' on_start,
+_on_ending and on_end as often, and count the same span metrics."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import pytest
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanLimits, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -18,7 +21,8 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, Sampler
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
 
-from observability.consumer_span import ConsumerSpan, sdk_tracer, start_consumer_span
+from observability.consumer_span import ConsumerSpanTracer, sdk_tracer, start_consumer_span
+from observability.opentelemetry_compat import ConsumerSpan
 
 ATTRIBUTES = {
     "messaging.system": "rabbitmq",
@@ -42,12 +46,13 @@ def producer_context(flags: int = TraceFlags.SAMPLED) -> otel_context.Context:
 
 def setup(
     sampler: Sampler | None = None, limits: SpanLimits | None = None
-) -> tuple[SdkTracer, InMemorySpanExporter]:
+) -> tuple[ConsumerSpanTracer, InMemorySpanExporter]:
     exporter = InMemorySpanExporter()
     provider = TracerProvider(sampler=sampler, span_limits=limits)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = sdk_tracer(provider, "greenroom.observability.tracing")
     assert tracer is not None
+    assert isinstance(tracer.tracer, SdkTracer)
     return tracer, exporter
 
 
@@ -61,7 +66,9 @@ def both(
     tracer, exporter = setup(**setup_options)
     producer = trace.get_current_span(parent).get_span_context()
     links = [Link(producer)] if producer.is_valid else []
-    sdk = tracer.start_span("process default", parent, SpanKind.CONSUMER, dict(ATTRIBUTES), list(links))
+    sdk = tracer.tracer.start_span(
+        "process default", parent, SpanKind.CONSUMER, dict(ATTRIBUTES), list(links)
+    )
     ours = start_consumer_span(
         tracer, "process default", parent=parent, attributes=dict(ATTRIBUTES), links=links
     )
@@ -106,7 +113,7 @@ def test_a_new_trace_that_links_to_the_producer() -> None:
     link_only = otel_context.Context()
     tracer, exporter = setup()
     producer = trace.get_current_span(producer_context()).get_span_context()
-    sdk = tracer.start_span(
+    sdk = tracer.tracer.start_span(
         "process default", link_only, SpanKind.CONSUMER, dict(ATTRIBUTES), [Link(producer)]
     )
     ours = start_consumer_span(
@@ -192,7 +199,92 @@ def test_the_sampler_decides() -> None:
     assert len(exporter.get_finished_spans()) == 1
 
 
-def test_only_the_sdk_tracer_gets_consumer_spans(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_only_the_sdk_tracer_gets_consumer_spans() -> None:
     assert sdk_tracer(trace.NoOpTracerProvider(), "x") is None
+    assert sdk_tracer(TracerProvider(), "x") is not None
+
+
+class Calls(SpanProcessor):
+    """Records each call the span processors get, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, bool]] = []
+
+    def on_start(self, span: Span, parent_context: otel_context.Context | None = None) -> None:
+        self.calls.append(("on_start", span.name, span.is_recording()))
+
+    def _on_ending(self, span: Span) -> None:
+        self.calls.append(("_on_ending", span.name, span.end_time is not None))
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.calls.append(("on_end", span.name, span.end_time is not None))
+
+
+def test_processors_see_start_ending_and_end_as_with_the_sdk() -> None:
+    seen = []
+    for make in ("sdk", "ours"):
+        calls = Calls()
+        provider = TracerProvider()
+        provider.add_span_processor(calls)
+        tracer = sdk_tracer(provider, "greenroom.observability.tracing")
+        assert tracer is not None
+        if make == "sdk":
+            span = tracer.tracer.start_span("process default", producer_context(), SpanKind.CONSUMER)
+        else:
+            span = start_consumer_span(
+                tracer, "process default", parent=producer_context(), attributes={}, links=[]
+            )
+        span.end()
+        seen.append(calls.calls)
+    assert seen[0] == seen[1]
+    assert [name for name, _, _ in seen[1]] == ["on_start", "_on_ending", "on_end"]
+
+
+def _span_metrics(reader: InMemoryMetricReader) -> dict[tuple[str, frozenset[Any]], float]:
+    data = reader.get_metrics_data()
+    assert data is not None
+    return {
+        (metric.name, frozenset((point.attributes or {}).items())): point.value  # type: ignore[union-attr]
+        for resource_metrics in data.resource_metrics
+        for scope_metrics in resource_metrics.scope_metrics
+        for metric in scope_metrics.metrics
+        for point in metric.data.data_points
+    }
+
+
+def test_span_metrics_count_consumer_spans_as_sdk_spans(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED", "true")
+    counted = []
+    for make in ("sdk", "ours"):
+        reader = InMemoryMetricReader()
+        provider = TracerProvider(sampler=ParentBased(ALWAYS_OFF), meter_provider=MeterProvider([reader]))
+        tracer = sdk_tracer(provider, "greenroom.observability.tracing")
+        assert tracer is not None
+        open_spans = []
+        for parent in (producer_context(), producer_context(TraceFlags.DEFAULT), producer_context()):
+            if make == "sdk":
+                span = tracer.tracer.start_span("process default", parent, SpanKind.CONSUMER)
+            else:
+                span = start_consumer_span(tracer, "process default", parent=parent, attributes={}, links=[])
+            open_spans.append(span)
+        open_spans[0].end()
+        counted.append(_span_metrics(reader))
+    assert counted[0] == counted[1]
+    live = {key: value for key, value in counted[1].items() if key[0] == "otel.sdk.span.live"}
+    assert list(live.values()) == [1]  # two sampled spans started, one ended
+    assert sum(v for k, v in counted[1].items() if k[0] == "otel.sdk.span.started") == 3
+
+
+def test_without_the_compat_parts_the_sdk_spans_are_used_loudly(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from observability import opentelemetry_compat
+
+    def moved(tracer: SdkTracer) -> None:
+        raise AttributeError("'Tracer' object has no attribute '_span_limits'")
+
+    monkeypatch.setattr(opentelemetry_compat, "tracer_parts", moved)
+    monkeypatch.setattr("observability.fallbacks._reported", {})
     assert sdk_tracer(TracerProvider(), "x") is None
+    assert "consumer spans: fast path unavailable" in caplog.text
+    assert "_span_limits" in caplog.text
