@@ -1,11 +1,18 @@
 """Build the Dramatiq broker, result backend and middleware stack from Settings.
 
 Workers and producers use the same builder, so both sides agree on queues,
-confirms, results and (later) tracing.
+confirms, results and tracing. This is the one place that lists greenroom's
+middleware (:func:`middleware_stack`); the worker-only ones are imported only
+when a worker's broker is built, so a producer process loads none of
+:mod:`shared.runtime`.
 
->>> broker = build_broker(load_settings(), "producer")
+>>> from shared.settings import load_settings
+>>> broker = build_broker(load_settings(BROKER_CONFIRM_DELIVERY=True), "producer")
 >>> broker.confirm_delivery
 True
+>>> [type(m).__name__ for m in broker.middleware][-2:]
+['CurrentMessage', 'Results']
+>>> broker.close()
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from dramatiq.middleware import (
     Middleware,
     MiddlewareError,
     Pipelines,
+    Retries,
     ShutdownNotifications,
     TimeLimit,
 )
@@ -32,18 +40,13 @@ from opentelemetry.trace import TracerProvider
 
 from observability.task_logging import TaskLogging
 from shared.dramatiq_compat import DeadLetterArgumentsBroker
-from shared.logging import BatchedWorkerLogs
 from shared.queue_arguments import dead_letter_arguments
-from shared.runtime.boot_freeze import FreezeBootObjects
-from shared.runtime.consumer import GreenroomConsumer
-from shared.runtime.metrics_setup import metrics_middleware
-from shared.runtime.retries import RetriesKeepingFailedEnqueues
-from shared.runtime.term_signals import CoalesceTermSignals
 from shared.settings import Settings
 from shared.telemetry import Role, tracing_middleware
 
 if TYPE_CHECKING:
     from shared.results import RedisResultBackend
+    from shared.runtime.consumer import GreenroomConsumer
 
 
 class GreenroomBroker(DeadLetterArgumentsBroker):
@@ -106,6 +109,8 @@ class GreenroomBroker(DeadLetterArgumentsBroker):
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> GreenroomConsumer:
         """A consumer checking every body, with acks in batches (:mod:`shared.runtime.consumer`)."""
+        from shared.runtime.consumer import GreenroomConsumer  # worker-only: producers never consume
+
         self.declare_queue(queue_name, ensure=True)
         return GreenroomConsumer(self, queue_name, prefetch, timeout)
 
@@ -127,12 +132,17 @@ def build_result_backend(settings: Settings) -> RedisResultBackend:
 class LazyResultBackend:
     """Stands in for a result backend and builds it when it is first used.
 
-    redis-py takes 0.18 s and 7 MiB to import (its asyncio client and an
-    OpenTelemetry metrics SDK come with it), so a worker process loads it only
-    once one of its tasks stores (or reads) a result; workers whose actors
-    store none never do.
+    A worker process thereby imports redis-py (a large import) only once one
+    of its tasks stores (or reads) a result; workers whose actors store none
+    never do.
 
-    >>> Results(backend=LazyResultBackend(lambda: build_result_backend(settings)))
+    >>> from dramatiq.results.backends import StubBackend
+    >>> built = []
+    >>> lazy = LazyResultBackend(lambda: built.append("stub") or StubBackend(namespace="results"))
+    >>> built
+    []
+    >>> lazy.namespace, lazy.namespace, built   # built once, at the first use
+    ('results', 'results', ['stub'])
     """
 
     def __init__(self, build: Callable[[], ResultBackend]) -> None:
@@ -153,44 +163,71 @@ class LazyResultBackend:
 def build_broker(
     settings: Settings, role: Role, tracer_provider: TracerProvider | None = None
 ) -> RabbitmqBroker:
-    """A RabbitmqBroker at RABBITMQ_URL with greenroom's middleware stack.
+    """A RabbitmqBroker at RABBITMQ_URL with greenroom's middleware stack for ``role``."""
+    return GreenroomBroker(
+        url=connection_url(settings),
+        confirm_delivery=settings.BROKER_CONFIRM_DELIVERY,
+        middleware=middleware_stack(settings, role, tracer_provider),
+        dead_letter_ttl_ms=settings.DEAD_LETTER_TTL_SECONDS * 1000,
+        max_message_bytes=settings.MAX_MESSAGE_BYTES,
+    )
+
+
+def middleware_stack(
+    settings: Settings, role: Role, tracer_provider: TracerProvider | None = None
+) -> list[Middleware]:
+    """Every middleware of a broker, in order.
+
+    A producer's stack is a worker's without the worker-only middleware (which
+    only act while processing messages); those are imported here, for a
+    worker. A producer still declares the same actor options (plain Retries
+    stands in for RetriesKeepingFailedEnqueues), so an actor is valid on both.
 
     Order matters. Dramatiq runs ``before_*`` hooks in list order and
     ``after_*`` hooks in reverse, so a worker's batched log lines are all
     written after every other middleware has shut down, Tracing keeps the
-    consumer span current around everything else, and TaskLogging (next) writes its line
-    after Retries has decided whether a failed message retries or dies.
+    consumer span current around everything else, TaskLogging (next) writes
+    its line after Retries has decided whether a failed message retries or
+    dies, and freezing the boot objects comes after every other boot step.
     """
-    middleware: list[Middleware] = [
-        *([BatchedWorkerLogs()] if role == "worker" else []),
+    retry_options: dict[str, Any] = {
+        "max_retries": settings.TASK_MAX_RETRIES,
+        "min_backoff": int(settings.TASK_MIN_BACKOFF_SECONDS * 1000),
+        "max_backoff": int(settings.TASK_MAX_BACKOFF_SECONDS * 1000),
+    }
+    first: list[Middleware] = []
+    after_task_logging: list[Middleware] = []
+    last: list[Middleware] = []
+    retries: Middleware = Retries(**retry_options)
+    if role == "worker":
+        from shared.runtime.batched_logs import BatchedWorkerLogs
+        from shared.runtime.boot_freeze import FreezeBootObjects
+        from shared.runtime.metrics_setup import metrics_middleware
+        from shared.runtime.retries import RetriesKeepingFailedEnqueues
+        from shared.runtime.term_signals import CoalesceTermSignals
+
+        first = [BatchedWorkerLogs()]
+        after_task_logging = [metrics_middleware(settings), CoalesceTermSignals()]
+        retries = RetriesKeepingFailedEnqueues(**retry_options)
+        last = [FreezeBootObjects()]
+    return [
+        *first,
         *tracing_middleware(settings, role, tracer_provider),
         TaskLogging(),
-        *([metrics_middleware(settings)] if role == "worker" else []),
-        CoalesceTermSignals(),
+        *after_task_logging,
         AgeLimit(),
         TimeLimit(time_limit=int(settings.TASK_TIME_LIMIT_SECONDS * 1000)),
         ShutdownNotifications(),
         Callbacks(),
         Pipelines(),
-        RetriesKeepingFailedEnqueues(
-            max_retries=settings.TASK_MAX_RETRIES,
-            min_backoff=int(settings.TASK_MIN_BACKOFF_SECONDS * 1000),
-            max_backoff=int(settings.TASK_MAX_BACKOFF_SECONDS * 1000),
-        ),
+        retries,
         CurrentMessage(),
         Results(
             backend=LazyResultBackend(lambda: build_result_backend(settings)),
             result_ttl=settings.RESULT_TTL_SECONDS * 1000,
         ),
-        *([FreezeBootObjects()] if role == "worker" else []),  # last: after every other boot step
+        *last,
     ]
-    return GreenroomBroker(
-        url=connection_url(settings),
-        confirm_delivery=settings.BROKER_CONFIRM_DELIVERY,
-        middleware=middleware,
-        dead_letter_ttl_ms=settings.DEAD_LETTER_TTL_SECONDS * 1000,
-        max_message_bytes=settings.MAX_MESSAGE_BYTES,
-    )
 
 
 _BLOCKED_TIMEOUT = "blocked_connection_timeout"  # pika's URL query parameter

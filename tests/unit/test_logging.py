@@ -15,15 +15,10 @@ from collections.abc import Iterator
 import pytest
 from pythonjsonlogger.json import JsonFormatter
 
-from shared.logging import (
-    MAX_LINE_BYTES,
-    CurrentStreamHandler,
-    _iso_utc,
-    build_formatter,
-    configure_logging,
-    formats_the_same_later,
-    mask_secrets,
-)
+from shared.log_handler import CurrentStreamHandler, formats_the_same_later
+from shared.log_lines import MAX_LINE_BYTES, iso_utc
+from shared.logging import build_formatter, configure_logging
+from shared.secret_masking import mask_secrets
 
 
 class Stdout:
@@ -289,7 +284,7 @@ def test_timestamps_are_datetimes_isoformat() -> None:
     created += [now + rng.random() * 86_400 for _ in range(20_000)]
     created += [float(second) + rng.randrange(1_000_000) / 1e6 for second in range(int(now), int(now) + 50)]
     for value in created:
-        assert _iso_utc(value) == datetime.datetime.fromtimestamp(value, tz=datetime.UTC).isoformat(), value
+        assert iso_utc(value) == datetime.datetime.fromtimestamp(value, tz=datetime.UTC).isoformat(), value
 
 
 def _raw_lines(buffer: Stdout) -> list[str]:

@@ -12,7 +12,8 @@ from urllib.parse import quote
 import pytest
 
 from shared import cli
-from shared.logging import build_formatter, mask_configured_secrets, mask_secrets
+from shared.logging import build_formatter
+from shared.secret_masking import mask_configured_secrets, mask_secrets
 from shared.settings import SettingsError, load_settings
 
 PIECES = ("Sup3r", "S3cret")
