@@ -5,10 +5,17 @@ gRPC service), so exporters under test talk to it exactly as they would to an
 OpenTelemetry Collector. It keeps every span it receives in memory. Used by
 the end-to-end tests and by ``greenroom bench`` as a live export target.
 
->>> with OtlpReceiver.start("grpc") as receiver:
-...     run_worker_with(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint, OTEL_EXPORTER_OTLP_PROTOCOL="grpc")
-...     receiver.spans()
-[ReceivedSpan(name='send default', kind='PRODUCER', ...), ...]
+>>> from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+>>> from opentelemetry.sdk.trace import TracerProvider
+>>> from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+>>> with OtlpReceiver.start("http/protobuf") as receiver:
+...     exporter = OTLPSpanExporter(endpoint=f"{receiver.endpoint}/v1/traces")
+...     provider = TracerProvider()
+...     provider.add_span_processor(SimpleSpanProcessor(exporter))
+...     provider.get_tracer("example").start_span("send default").end()
+...     provider.shutdown()
+...     [(span.name, span.kind) for span in receiver.spans()]
+[('send default', 'INTERNAL')]
 """
 
 from __future__ import annotations
@@ -95,6 +102,7 @@ class OtlpReceiver:
         self._lock = threading.Lock()
         self.requests = 0
         self.span_count = 0
+        self.consumer_span_count = 0
         self._grpc_server: grpc.Server | None = None
         self._http_server: ThreadingHTTPServer | None = None
         self.port = 0
@@ -119,12 +127,16 @@ class OtlpReceiver:
             return list(self._spans)
 
     def record(self, request: trace_service_pb2.ExportTraceServiceRequest) -> None:
-        count = sum(len(scope.spans) for resource in request.resource_spans for scope in resource.scope_spans)
+        """Count the request's spans (CONSUMER spans apart) and keep them if ``keep_spans``."""
+        scopes = [scope for resource in request.resource_spans for scope in resource.scope_spans]
+        count = sum(len(scope.spans) for scope in scopes)
+        consumers = sum(span.kind == SpanProto.SPAN_KIND_CONSUMER for scope in scopes for span in scope.spans)
         spans = _spans_of(request) if self.keep_spans else []
         with self._lock:
             self._spans.extend(spans)
             self.requests += 1
             self.span_count += count
+            self.consumer_span_count += consumers
 
     def stop(self) -> None:
         if self._grpc_server is not None:

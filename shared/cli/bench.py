@@ -3,6 +3,7 @@
 Progress goes to stderr, the table of figures to stdout::
 
     $ greenroom bench --messages 5000 --processes 2 --threads 8 --json bench.json
+    $ greenroom bench --otlp-protocol grpc
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from shared.cli.arguments import add_command, positive_int
 from shared.cli.output import EXIT_FAILED, EXIT_OK
 from shared.errors import GreenroomError
 from shared.settings import Settings
+
+#: The OTLP protocols greenroom's side can export its traces with (the bench's receiver takes both).
+OTLP_PROTOCOLS = ("grpc", "http/protobuf")
 
 
 def register(commands: Any) -> None:
@@ -33,6 +37,12 @@ def register(commands: Any) -> None:
     bench.add_argument(
         "--rounds", type=positive_int, default=3, help="worker runs per side, medians reported (default: 3)"
     )
+    bench.add_argument(
+        "--otlp-protocol",
+        choices=OTLP_PROTOCOLS,
+        default="http/protobuf",
+        help="how greenroom's side exports its traces (default: http/protobuf)",
+    )
     bench.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     bench.set_defaults(run=run)
 
@@ -41,9 +51,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     """Run the side-by-side benchmark: progress on stderr, the table on stdout."""
     import pika.exceptions
 
-    from shared.bench.run import Bench, BenchOptions, format_table, write_json
+    from shared.bench.report import format_table, write_json
+    from shared.bench.run import Bench, BenchOptions
 
-    options = BenchOptions(args.messages, args.processes, args.threads, args.payload_bytes, args.rounds)
+    options = BenchOptions(
+        args.messages, args.processes, args.threads, args.payload_bytes, args.rounds, args.otlp_protocol
+    )
     try:
         report = Bench(settings, options, progress=sys.stderr).run()
     except (GreenroomError, TimeoutError, pika.exceptions.AMQPError) as error:  # a step failed or hung

@@ -8,7 +8,8 @@ from pathlib import Path
 import pika
 import pytest
 
-from tests.support import run_cli
+from shared.bench.queues import BENCH_QUEUE_NAMES
+from tests.support import delete_queues, run_cli, take_all
 
 
 def test_bench_runs_both_sides_writes_json_and_leaves_no_queue(
@@ -28,11 +29,18 @@ def test_bench_runs_both_sides_writes_json_and_leaves_no_queue(
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
 
-    # The progress went to stderr, the table to stdout
+    # The progress went to stderr, the table to stdout, its header naming the protocol
     assert "bare: draining 200 tasks" in completed.stderr
-    assert completed.stdout.splitlines()[1].startswith("drain throughput (tasks/s)")
+    header, first_row = completed.stdout.splitlines()[:2]
+    assert header.startswith("greenroom traces: OTLP http/protobuf") and header.split()[-3:] == [
+        "bare",
+        "greenroom",
+        "ratio",
+    ]
+    assert first_row.startswith("drain throughput (tasks/s)")
 
     report = json.loads(report_path.read_text())
+    assert report["options"]["otlp_protocol"] == "http/protobuf"  # the default
     for side in ("bare", "greenroom"):
         figures = report[side]
         assert figures["drain_tasks_per_second"] > 0
@@ -54,11 +62,67 @@ def test_bench_runs_both_sides_writes_json_and_leaves_no_queue(
         "peak_rss",
     }
     assert report["spans_received"] > 400  # greenroom's tasks were traced and exported, producer and consumer
+    assert report["consumer_spans_received"] >= 2 * (100 + 200 + 2)  # every drained task, both rounds
 
-    # No bench queue is left behind
+    _assert_no_bench_queue(rabbitmq_url)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_greenroom_exports_its_traces_with_the_protocol_asked_for(
+    protocol: str, rabbitmq_url: str, service_env: dict[str, str], workdir: Path, clean_queues: None
+) -> None:
+    report_path = workdir / "bench.json"
+    completed = run_cli(
+        [
+            *("bench", "--messages", "40", "--processes", "1", "--threads", "2", "--rounds", "1"),
+            *("--otlp-protocol", protocol, "--json", str(report_path)),
+        ],
+        service_env,
+        workdir,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+
+    assert completed.stdout.startswith(f"greenroom traces: OTLP {protocol} ")
+    report = json.loads(report_path.read_text())
+    assert report["options"]["otlp_protocol"] == protocol
+    # The receiver spoke only that protocol: the worker's CONSUMER spans reached it, one per task drained
+    assert report["consumer_spans_received"] >= 20 + 40 + 2
+    _assert_no_bench_queue(rabbitmq_url)
+
+
+def test_bench_refuses_to_touch_a_bench_queue_it_did_not_create(
+    rabbitmq_url: str, service_env: dict[str, str], workdir: Path
+) -> None:
+    # Given a greenroom-bench.XQ that holds someone's dead letter
     connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
     try:
-        for name in ("greenroom-bench", "greenroom-bench.DQ", "greenroom-bench.XQ"):
+        connection.channel().queue_declare("greenroom-bench.XQ", durable=True)
+        connection.channel().basic_publish("", "greenroom-bench.XQ", b"not the bench's")
+    finally:
+        connection.close()
+    try:
+        # When the bench is run
+        completed = run_cli(["bench", "--messages", "40", "--rounds", "1"], service_env, workdir, timeout=60)
+
+        # Then it refuses with one line naming the queue, and leaves the queue and its message alone
+        assert completed.returncode == 1
+        assert completed.stderr.splitlines() == [
+            "greenroom: bench failed: queue greenroom-bench.XQ (1 message) already exists in this vhost, "
+            "and the bench deletes only queues it created: "
+            "delete it (rabbitmqctl delete_queue -p VHOST NAME) or run the bench on another vhost"
+        ]
+        assert completed.stdout == ""
+        assert take_all(rabbitmq_url, "greenroom-bench.XQ") == [b"not the bench's"]
+        _assert_no_bench_queue(rabbitmq_url, names=BENCH_QUEUE_NAMES[:2])  # nor declared the others
+    finally:
+        delete_queues(rabbitmq_url, "greenroom-bench")
+
+
+def _assert_no_bench_queue(rabbitmq_url: str, names: tuple[str, ...] = BENCH_QUEUE_NAMES) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
+    try:
+        for name in names:
             with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="NOT_FOUND"):
                 connection.channel().queue_declare(name, passive=True)
     finally:

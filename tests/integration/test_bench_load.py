@@ -11,6 +11,7 @@ import pytest
 from observability.tracing import TRACE_CONTEXT_OPTION
 from shared.bench.load import offer_load
 from shared.bench.recorder import BENCH_QUEUE
+from shared.bench.task import BENCH_ECHO
 from shared.producer import Producer
 from tests.support import delete_queues, take_all
 
@@ -24,7 +25,7 @@ def bench_queue(rabbitmq_url: str) -> Iterator[str]:
 def test_the_load_is_published_whole_at_its_rate_a_few_messages_at_a_time(
     producer: Producer, rabbitmq_url: str, bench_queue: str
 ) -> None:
-    sent = offer_load(producer, "bench.echo", rate=1000, seconds=1.0, kwargs={"payload": "x"})
+    sent = offer_load(producer, BENCH_ECHO, rate=1000, seconds=1.0, kwargs={"payload": "x"})
 
     messages = [json.loads(body) for body in take_all(rabbitmq_url, bench_queue)]
     assert sent == len(messages) >= 990  # all confirmed and queued; the last tick may fall short of 1000

@@ -15,6 +15,7 @@ import dramatiq
 import pika
 import pytest
 
+from shared.bench.task import BENCH_ECHO
 from shared.errors import GreenroomError, InvalidParameter, InvalidTaskArguments, UnknownTask
 from shared.producer import Producer
 from tests.support import GREENROOM, run_cli, wait_for
@@ -70,7 +71,7 @@ def test_arguments_that_are_not_strict_json_are_refused(
         (lambda p: p.result_of("echo", "", timeout=0), InvalidParameter),
         (lambda p: p.result_of("echo", "\ud800", timeout=0), InvalidParameter),
         (lambda p: p.result_of("echo", "x" * 1000, timeout=0), InvalidParameter),
-        (lambda p: p.result_of("bench.echo", "id", timeout=0), InvalidParameter),
+        (lambda p: p.result_of(BENCH_ECHO.name, "id", timeout=0), InvalidParameter),  # stores no results
         (lambda p: p.send("echo", payload=1).result(timeout=math.nan), InvalidParameter),
         (lambda p: Producer("amqp://guest:guest@localhost/"), InvalidParameter),  # type: ignore[arg-type]
         (lambda p: Producer(p.settings, tracer_provider="x"), InvalidParameter),  # type: ignore[arg-type]

@@ -3,7 +3,9 @@ Redis database), and a worker asked for a queue no task uses: one clear line, at
 from the worker's start, `send` and `dlq replay`.
 
 Real RabbitMQ and Redis (the session's test vhost and database). The bench queue stands
-in for any task queue: only `greenroom bench` uses it, and it deletes it when done.
+in for any task queue: only `greenroom bench` uses it, and it deletes it when done (its
+contract is loaded here; a worker runs it as the bench does, `greenroom worker
+shared.bench.worker`). `greenroom dlq` knows production queues only: its test uses `reports`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pika
 import pytest
 
 from shared.bench.recorder import BENCH_QUEUE
+from shared.bench.task import BENCH_ECHO
 from shared.errors import PublishError
 from shared.producer import Producer
 from shared.queue_arguments import explain_refusal
@@ -32,16 +35,26 @@ ONE_MINUTE_MS = 60_000
 @pytest.fixture
 def bench_xq_kept_a_minute(rabbitmq_url: str) -> Iterator[None]:
     """``greenroom-bench.XQ`` as an earlier DEAD_LETTER_TTL_SECONDS=60 left it."""
-    delete_queues(rabbitmq_url, BENCH_QUEUE)
+    yield from _xq_kept_a_minute(rabbitmq_url, BENCH_QUEUE)
+
+
+@pytest.fixture
+def reports_xq_kept_a_minute(rabbitmq_url: str) -> Iterator[None]:
+    """``reports.XQ`` as an earlier DEAD_LETTER_TTL_SECONDS=60 left it."""
+    yield from _xq_kept_a_minute(rabbitmq_url, "reports")
+
+
+def _xq_kept_a_minute(rabbitmq_url: str, queue: str) -> Iterator[None]:
+    delete_queues(rabbitmq_url, queue)
     connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
     try:
         connection.channel().queue_declare(
-            f"{BENCH_QUEUE}.XQ", durable=True, arguments={"x-message-ttl": ONE_MINUTE_MS}
+            f"{queue}.XQ", durable=True, arguments={"x-message-ttl": ONE_MINUTE_MS}
         )
     finally:
         connection.close()
     yield
-    delete_queues(rabbitmq_url, BENCH_QUEUE)
+    delete_queues(rabbitmq_url, queue)
 
 
 def test_check_names_the_setting_the_queue_and_both_ttls(
@@ -106,9 +119,9 @@ def test_send_fails_at_once_naming_the_setting_and_publishes_nothing(
 ) -> None:
     started = time.monotonic()
     with pytest.raises(PublishError, match=r"DEAD_LETTER_TTL_SECONDS=604800 \(604800000 ms\) does not match"):
-        producer.send("bench.echo", payload=1)
+        producer.send(BENCH_ECHO.name, payload=1)
     with pytest.raises(PublishError, match=r"'greenroom-bench\.XQ'"):
-        producer.send_many("bench.echo", [{"payload": 1}, {"payload": 2}])
+        producer.send_many(BENCH_ECHO.name, [{"payload": 1}, {"payload": 2}])
 
     assert time.monotonic() - started < producer.settings.SEND_RETRY_TIMEOUT_SECONDS / 2  # not retried
     assert take_all(rabbitmq_url, BENCH_QUEUE) == []
@@ -117,7 +130,8 @@ def test_send_fails_at_once_naming_the_setting_and_publishes_nothing(
 def test_worker_refuses_to_start_with_one_line(
     service_env: dict[str, str], workdir: Path, bench_xq_kept_a_minute: None
 ) -> None:
-    completed = run_cli(["worker", "--queues", BENCH_QUEUE], service_env, workdir, timeout=30)
+    command = ["worker", "shared.bench.worker", "--queues", BENCH_QUEUE]
+    completed = run_cli(command, service_env, workdir, timeout=30)
 
     assert completed.returncode == 2
     assert completed.stderr.startswith("greenroom: error: DEAD_LETTER_TTL_SECONDS=604800 (604800000 ms)")
@@ -126,26 +140,26 @@ def test_worker_refuses_to_start_with_one_line(
 
 
 def test_replay_under_the_new_value_says_why_and_keeps_the_dead_letter(
-    service_env: dict[str, str], workdir: Path, rabbitmq_url: str, bench_xq_kept_a_minute: None
+    service_env: dict[str, str], workdir: Path, rabbitmq_url: str, reports_xq_kept_a_minute: None
 ) -> None:
     dead = dramatiq.Message(
-        queue_name=BENCH_QUEUE, actor_name="bench.echo", args=(), kwargs={"payload": 1}, options={}
+        queue_name="reports", actor_name="reports.build", args=(), kwargs={"report_id": "r1"}, options={}
     )
     connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
     try:
-        connection.channel().basic_publish("", f"{BENCH_QUEUE}.XQ", dead.encode())
+        connection.channel().basic_publish("", "reports.XQ", dead.encode())
     finally:
         connection.close()
 
     env = {**service_env, "TRACING_ENABLED": "false"}
-    completed = run_cli(["dlq", "replay", "--queue", BENCH_QUEUE, "--all"], env, workdir)
+    completed = run_cli(["dlq", "replay", "--queue", "reports", "--all"], env, workdir)
 
     assert completed.returncode == 2
     assert completed.stderr.splitlines() == [completed.stderr.strip()]
     assert completed.stderr.startswith(
         "greenroom: error: could not publish 1 replayed dead letter(s): DEAD_LETTER_TTL_SECONDS=604800"
     )
-    kept = take_all(rabbitmq_url, f"{BENCH_QUEUE}.XQ")
+    kept = take_all(rabbitmq_url, "reports.XQ")
     assert [dramatiq.Message.decode(body).message_id for body in kept] == [dead.message_id]
 
 
@@ -228,7 +242,7 @@ def test_worker_for_a_queue_no_task_uses_refuses_to_start(service_env: dict[str,
     assert completed.returncode == 2
     assert completed.stderr == (
         "greenroom: error: WORKER_QUEUES (or --queues): no task uses queue 'defualt' "
-        "(queues with tasks: default, greenroom-bench, reports)\n"
+        "(queues with tasks: default, reports)\n"
     )
 
 
