@@ -1,30 +1,41 @@
 """Send tasks by name from any service, without importing worker code.
 
->>> from shared.producer import send, send_many, result_of
->>> handle = send("echo", payload={"x": 1})
->>> handle.result(timeout=5)
-{'x': 1}
->>> handles = send_many("echo", [{"payload": i} for i in range(3)])
->>> [h.result(timeout=5) for h in handles]
-[0, 1, 2]
->>> result_of("echo", handle.message_id, timeout=5)   # when only the id was kept
-{'x': 1}
+With RabbitMQ, Redis and a worker running (see the README)::
+
+    from shared.producer import send, send_many, result_of
+
+    handle = send("echo", payload={"x": 1})
+    handle.result(timeout=5)                           # {'x': 1}
+    handles = send_many("echo", [{"payload": i} for i in range(3)])
+    [h.result(timeout=5) for h in handles]             # [0, 1, 2]
+    result_of("echo", handle.message_id, timeout=5)    # when only the id was kept: {'x': 1}
 
 Arguments are validated against the task's contract first: a bad argument or
-an unknown task name raises and publishes nothing. Arguments are strict JSON:
-NaN, Infinity, strings that are not Unicode text (a lone surrogate) and
-integers too long to encode are refused with InvalidTaskArguments. With
-publisher confirms on (BROKER_CONFIRM_DELIVERY, the default) ``send`` returning
-means RabbitMQ has the message. Every error raised here is a GreenroomError.
+an unknown task name raises and publishes nothing (no service is needed to see it):
+
+>>> from opentelemetry.sdk.trace import TracerProvider
+>>> from shared.settings import load_settings
+>>> producer = Producer(load_settings(), tracer_provider=TracerProvider())
+>>> producer.send("ecko", payload=1)
+Traceback (most recent call last):
+  ...
+shared.errors.UnknownTask: unknown task 'ecko' (known tasks: echo, fail, ...)
+>>> producer.send("echo", payload=float("nan"))
+Traceback (most recent call last):
+  ...
+shared.errors.InvalidTaskArguments: invalid arguments for task 'echo': NaN and Infinity are not JSON numbers
+>>> producer.close()
+
+Arguments are strict JSON: NaN, Infinity, strings that are not Unicode text (a
+lone surrogate) and integers too long to encode are refused with
+InvalidTaskArguments (:mod:`shared.producer_checks`). With publisher confirms
+on (BROKER_CONFIRM_DELIVERY, the default) ``send`` returning means RabbitMQ has
+the message. Every error raised here is a GreenroomError.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import numbers
-import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
@@ -46,7 +57,6 @@ from shared.broker import build_broker, build_result_backend
 from shared.errors import (
     InvalidParameter,
     InvalidSettings,
-    InvalidTaskArguments,
     PublishError,
     PublishRefused,
     ResultRefused,
@@ -55,6 +65,7 @@ from shared.errors import (
     TaskFailed,
     UnknownTask,
 )
+from shared.producer_checks import check_message_id, keyword_batch, task_message, timeout_seconds
 from shared.publishing import BatchPublisher
 from shared.results import RedisResultBackend
 from shared.service_refusals import outage_line, redis_refusal_line, refusal_line
@@ -67,9 +78,6 @@ DEFAULT_RESULT_TIMEOUT = 10.0
 
 #: Waits between publish attempts while RabbitMQ is unreachable (SEND_RETRY_TIMEOUT_SECONDS bounds them).
 SEND_BACKOFF = Backoff(first_delay=0.1, max_delay=1.0)
-
-#: Longest message id ``result_of`` accepts (Dramatiq's are 36-character UUIDs).
-MAX_MESSAGE_ID_CHARS = 255
 
 logger = logging.getLogger("greenroom.producer")
 
@@ -88,10 +96,9 @@ class TaskHandle:
         ``timeout`` is a finite number of seconds, however long (0 or less: look
         once). Raises TaskFailed if the task finally failed, ResultTimeout if
         nothing arrived in time, ResultUnavailable if Redis could not be read,
-        InvalidParameter for a timeout that is not a finite number.
+        InvalidParameter for a timeout that is not a finite number. For example::
 
-        >>> send("echo", payload="hi").result(timeout=0.5)
-        'hi'
+            send("echo", payload="hi").result(timeout=0.5)   # 'hi'
         """
         return self.producer.result_of(self.task, self.message_id, timeout=timeout)
 
@@ -99,12 +106,11 @@ class TaskHandle:
 class Producer:
     """Publishes tasks to RabbitMQ and reads their results from Redis.
 
-    Thread-safe: each thread gets its own RabbitMQ channel.
+    Thread-safe: each thread gets its own RabbitMQ channel. For example::
 
-    >>> producer = Producer(load_settings())
-    >>> producer.send("echo", payload=1).result()
-    1
-    >>> producer.close()
+        producer = Producer(load_settings())
+        producer.send("echo", payload=1).result()   # 1
+        producer.close()
     """
 
     def __init__(
@@ -125,13 +131,12 @@ class Producer:
         self.backend: RedisResultBackend = build_result_backend(self.settings)
 
     def send(self, task: str, /, **kwargs: Any) -> TaskHandle:
-        """Validate ``kwargs`` against the contract of ``task`` and publish it.
+        """Validate ``kwargs`` against the contract of ``task`` and publish it. For example::
 
-        >>> producer.send("reports.build", report_id="q3", rows=10_000).message_id
-        '0c1f5a3e-...'
+        producer.send("reports.build", report_id="q3", rows=10_000).message_id   # '0c1f5a3e-...'
         """
         contract = _contract(task)
-        message = self._message(contract, kwargs)
+        message = task_message(contract, kwargs, max_bytes=self.settings.MAX_MESSAGE_BYTES)
         self._publish(message)
         return TaskHandle(contract.name, message.message_id, self)
 
@@ -144,13 +149,16 @@ class Producer:
         returns once RabbitMQ has confirmed every message, and rides out a
         broker outage like ``send``, re-sending only what was not confirmed.
         The batch is traced as one ``send <queue>`` span, the parent of every
-        task's consumer span.
+        task's consumer span. For example::
 
-        >>> [h.message_id for h in producer.send_many("echo", [{"payload": 1}, {"payload": 2}])]
-        ['6b8e...', 'a41c...']
+            handles = producer.send_many("echo", [{"payload": 1}, {"payload": 2}])
+            [h.message_id for h in handles]   # ['6b8e...', 'a41c...']
         """
         contract = _contract(task)
-        messages = [self._message(contract, kwargs) for kwargs in _batch(contract, many_kwargs)]
+        messages = [
+            task_message(contract, kwargs, max_bytes=self.settings.MAX_MESSAGE_BYTES)
+            for kwargs in keyword_batch(contract, many_kwargs)
+        ]
         tracing = self._tracing()
         with tracing.publishing_batch(contract.queue, len(messages)) if tracing else nullcontext():
             self.publish_confirmed(messages, f"a batch of {len(messages)}")
@@ -161,22 +169,21 @@ class Producer:
         BROKER_CONFIRM_DELIVERY says, riding out an outage like ``send_many``.
 
         For callers that move existing messages (``greenroom dlq replay``);
-        tasks are sent with ``send`` and ``send_many``.
+        tasks are sent with ``send`` and ``send_many``. For example::
 
-        >>> producer.publish_confirmed([message], "message 6b8e...")
+            producer.publish_confirmed([message], "message 6b8e...")
         """
         publisher = BatchPublisher(self.broker, messages, timeout=self.settings.SEND_RETRY_TIMEOUT_SECONDS)
         self._with_retries(what, publisher.publish)
 
     def result_of(self, task: str, message_id: str, *, timeout: float = DEFAULT_RESULT_TIMEOUT) -> Any:
-        """Wait up to ``timeout`` seconds for the result of a message sent earlier.
+        """Wait up to ``timeout`` seconds for the result of a message sent earlier. For example::
 
-        >>> producer.result_of("echo", "6b8e...", timeout=2.5)
-        1
+        producer.result_of("echo", "6b8e...", timeout=2.5)   # 1
         """
         contract = _contract(task)
-        seconds = _timeout_seconds(timeout)
-        _check_message_id(message_id)
+        seconds = timeout_seconds(timeout)
+        check_message_id(message_id)
         if not contract.store_results:
             raise InvalidParameter("task", f"task {contract.name!r} does not store results")
         key_message: dramatiq.Message[Any] = dramatiq.Message(
@@ -205,27 +212,6 @@ class Producer:
         """Close RabbitMQ connections and the Redis connection pool."""
         self.broker.close()
         self.backend.client.close()
-
-    def _message(self, contract: TaskContract, kwargs: Mapping[str, Any]) -> dramatiq.Message[Any]:
-        """A validated message; arguments that are not strict JSON, or too large a
-        message (MAX_MESSAGE_BYTES), raise InvalidTaskArguments."""
-        _check_unicode(contract, kwargs)  # before validation, which replaces a lone surrogate in a key
-        arguments = contract.validate(kwargs)
-        _check_strict_json(contract, arguments)
-        message: dramatiq.Message[Any] = dramatiq.Message(
-            queue_name=contract.queue,
-            actor_name=contract.name,
-            args=(),
-            kwargs=arguments,
-            options={},
-        )
-        size = len(message.encode())
-        if size > self.settings.MAX_MESSAGE_BYTES:
-            raise InvalidTaskArguments(
-                contract.name,
-                f"message is {size} bytes, more than MAX_MESSAGE_BYTES ({self.settings.MAX_MESSAGE_BYTES})",
-            )
-        return message
 
     def _publish(self, message: dramatiq.Message[Any]) -> None:
         """Publish, riding out a broker outage for up to SEND_RETRY_TIMEOUT_SECONDS.
@@ -287,82 +273,6 @@ def _contract(task: object) -> TaskContract:
     return get_task(task)
 
 
-def _batch(contract: TaskContract, many_kwargs: object) -> Iterable[Mapping[str, Any]]:
-    """``many_kwargs`` item by item, each checked to be a mapping of keyword arguments."""
-    if isinstance(many_kwargs, (str, bytes, Mapping)) or not isinstance(many_kwargs, Iterable):
-        raise InvalidTaskArguments(
-            contract.name,
-            f"send_many takes an iterable of mappings (a list of dicts), got {type(many_kwargs).__name__}",
-        )
-    for number, kwargs in enumerate(many_kwargs):
-        if not isinstance(kwargs, Mapping):
-            raise InvalidTaskArguments(
-                contract.name,
-                f"item {number}: expected a mapping of keyword arguments, got {type(kwargs).__name__}",
-            )
-        yield kwargs
-
-
-_LONE_SURROGATE = "a string is not Unicode text (it holds a lone surrogate)"
-
-
-def _check_strict_json(contract: TaskContract, arguments: Mapping[str, Any]) -> None:
-    """Refuse what json.dumps would write but a strict JSON reader refuses (NaN,
-    Infinity, lone surrogates), and what it cannot write (over-long integers)."""
-    try:
-        json.dumps(arguments, allow_nan=False, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidTaskArguments(contract.name, _LONE_SURROGATE) from None
-    except ValueError as error:
-        raise InvalidTaskArguments(contract.name, _json_problem(error)) from None
-    except RecursionError:
-        raise InvalidTaskArguments(contract.name, "nested too deeply") from None
-
-
-def _check_unicode(contract: TaskContract, kwargs: Mapping[str, Any]) -> None:
-    """Refuse a lone surrogate anywhere in ``kwargs``, keys included; other problems are the
-    contract's to report."""
-    try:
-        json.dumps(kwargs, ensure_ascii=False, default=repr).encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidTaskArguments(contract.name, _LONE_SURROGATE) from None
-    except (TypeError, ValueError, RecursionError):
-        pass
-
-
-def _json_problem(error: ValueError) -> str:
-    text = str(error)
-    if "JSON compliant" in text:
-        return "NaN and Infinity are not JSON numbers"
-    if "integer string conversion" in text:
-        return f"an integer is too long to encode (more than {sys.get_int_max_str_digits()} digits)"
-    return text.split(";")[0]
-
-
-def _timeout_seconds(timeout: object) -> float:
-    """``timeout`` as float seconds; a bool, a string, NaN or an infinity raises InvalidParameter."""
-    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
-        raise InvalidParameter("timeout", f"must be a number of seconds, got {type(timeout).__name__}")
-    try:
-        seconds = float(timeout)
-    except (OverflowError, ValueError):
-        raise InvalidParameter("timeout", "must be a finite number of seconds, got one too large") from None
-    if not math.isfinite(seconds):
-        raise InvalidParameter("timeout", f"must be a finite number of seconds, got {seconds}")
-    return seconds
-
-
-def _check_message_id(message_id: object) -> None:
-    if not isinstance(message_id, str):
-        raise InvalidParameter("message_id", f"must be a string, got {type(message_id).__name__}")
-    if not 0 < len(message_id) <= MAX_MESSAGE_ID_CHARS:
-        raise InvalidParameter("message_id", f"must be 1 to {MAX_MESSAGE_ID_CHARS} characters long")
-    try:
-        message_id.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidParameter("message_id", "is not Unicode text (it holds a lone surrogate)") from None
-
-
 _default_producer: Producer | None = None
 _default_lock = threading.Lock()
 
@@ -377,26 +287,24 @@ def default_producer() -> Producer:
 
 
 def send(task: str, /, **kwargs: Any) -> TaskHandle:
-    """Publish one task with the default producer. See :meth:`Producer.send`.
+    """Publish one task with the default producer. See :meth:`Producer.send`. For example::
 
-    >>> send("echo", payload={"x": 1}).result(timeout=5)
-    {'x': 1}
+    send("echo", payload={"x": 1}).result(timeout=5)   # {'x': 1}
     """
     return default_producer().send(task, **kwargs)
 
 
 def send_many(task: str, many_kwargs: Iterable[Mapping[str, Any]]) -> list[TaskHandle]:
-    """Publish a batch with the default producer. See :meth:`Producer.send_many`.
+    """Publish a batch with the default producer. See :meth:`Producer.send_many`. For example::
 
-    >>> handles = send_many("echo", [{"payload": i} for i in range(100)])
+    handles = send_many("echo", [{"payload": i} for i in range(100)])
     """
     return default_producer().send_many(task, many_kwargs)
 
 
 def result_of(task: str, message_id: str, *, timeout: float = DEFAULT_RESULT_TIMEOUT) -> Any:
-    """Wait for the result of a message sent earlier. See :meth:`Producer.result_of`.
+    """Wait for the result of a message sent earlier. See :meth:`Producer.result_of`. For example::
 
-    >>> result_of("echo", "6b8e9d4a-...", timeout=5)
-    {'x': 1}
+    result_of("echo", "6b8e9d4a-...", timeout=5)   # {'x': 1}
     """
     return default_producer().result_of(task, message_id, timeout=timeout)
