@@ -44,10 +44,10 @@ class RedisResultBackend(RedisBackend):  # type: ignore[misc]
     A worker stores a result before it acknowledges the message, so while it
     retries, the task's message stays unacknowledged and the thread waits: a
     short Redis restart costs latency, not results. Past the deadline the
-    failure is logged (with the message id) and the task counts as done.
+    failure is logged (with the message id) and the task counts as done. With Redis running::
 
-    >>> backend = RedisResultBackend(url="redis://127.0.0.1:6379/0", store_retry_seconds=30)
-    >>> backend.get_result(message, block=True, timeout=250)  # milliseconds, as in Dramatiq
+        backend = RedisResultBackend(url="redis://127.0.0.1:6379/0", store_retry_seconds=30)
+        backend.get_result(message, block=True, timeout=250)  # milliseconds, as in Dramatiq
     """
 
     def __init__(self, *, url: str, store_retry_seconds: float = 0.0) -> None:

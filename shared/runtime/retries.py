@@ -7,8 +7,8 @@ memory or disk alarm for longer than the connection's
 error handler and the original message would then be acknowledged: the retry
 lost. Here the message is failed instead, so it is dead-lettered (``greenroom
 dlq replay`` brings it back) and the task line says ``failed``.
-
->>> Retries = RetriesKeepingFailedEnqueues  # in build_broker's middleware list
+:func:`shared.broker.middleware_stack` puts it in a worker's middleware list in
+place of Dramatiq's Retries.
 """
 
 from __future__ import annotations

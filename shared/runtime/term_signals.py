@@ -31,7 +31,15 @@ DEFAULT_WINDOW_SECONDS = 2.0
 class CoalesceTermSignals(Middleware):
     """Wraps the worker process's SIGTERM handler once the process has booted.
 
-    >>> broker.add_middleware(CoalesceTermSignals(window_seconds=2.0))
+    >>> now = [0.0]
+    >>> middleware = CoalesceTermSignals(window_seconds=2.0, clock=lambda: now[0])
+    >>> received = []
+    >>> handle = middleware.coalesce(lambda signum, frame: received.append(signum))
+    >>> handle(15, None)
+    >>> now[0] = 1.0; handle(15, None)   # 1 s after the first: the same stop request, dropped
+    >>> now[0] = 5.0; handle(15, None)   # later: "stop now", passed on
+    >>> received
+    [15, 15]
     """
 
     def __init__(
