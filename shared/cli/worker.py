@@ -88,8 +88,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _run_worker_module(module: str, settings: Settings) -> int:
-    """Run the actors of ``module`` (a tool's, such as the bench's) on the queues given:
-    their tasks are not in the production table, so the queues cannot be checked against it."""
+    """Run the actors of ``module`` (a tool's, such as the bench's) on the queues given.
+
+    Its tasks are not in the production table, so neither the queues nor whether results
+    are stored can be checked against it: RabbitMQ is checked for those queues, Redis is
+    not (nor is redis-py loaded before the worker processes start).
+    """
     import importlib.util
 
     from shared.runtime.service_checks import check_services
@@ -102,7 +106,7 @@ def _run_worker_module(module: str, settings: Settings) -> int:
         found = None
     if not found:
         return usage_error(f"no worker module {module!r}")
-    refused = check_services(settings, settings.WORKER_QUEUES, stores_results=True)
+    refused = check_services(settings, settings.WORKER_QUEUES, stores_results=False)
     if refused is not None:
         return usage_error(refused)
     return _run_dramatiq(module, settings, settings.WORKER_QUEUES)
