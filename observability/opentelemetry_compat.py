@@ -6,7 +6,8 @@ opentelemetry-exporter-otlp-common, -exporter-http-transport and -semantic-conve
 0.66b2 (see constraints.txt). tests/unit/test_opentelemetry_compat.py fails when one of
 those packages changes what this module relies on.
 
-Each part is built when this module is imported, on its own:
+Each part stands on its own (the first two are built when this module is imported,
+the others when first used):
 
 - the messaging semantic-convention names (``semconv._incubating``); without them the
   names are the specification's strings, which the test compares with the library's;
@@ -17,9 +18,10 @@ Each part is built when this module is imported, on its own:
 - :func:`tracer_parts` and :class:`ConsumerSpan`, for :mod:`observability.consumer_span`.
 
 A part that cannot be built (a name moved, or an installed version outside the
-release series above) is recorded in :data:`UNAVAILABLE`; importing one of its names
-then raises ImportError, and the caller falls back to the library's public exporter
-(:func:`observability.fallbacks.report_fallback` says so, loudly).
+release series above) raises ImportError or AttributeError where it is used (an
+import-time part is also recorded in :data:`UNAVAILABLE`), and the caller falls back to
+the library's public exporter or the SDK's spans (:func:`observability.fallbacks.report_fallback`
+says so, loudly).
 """
 
 from __future__ import annotations
