@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import dramatiq
@@ -57,13 +58,27 @@ class RedisResultBackend(RedisBackend):  # type: ignore[misc]
         super().__init__(client=client, namespace=RESULTS_NAMESPACE, use_namespace_prefix_keys=True)
         self.store_retry_seconds = store_retry_seconds
 
-    def _store(self, message_key: str, result: Any, ttl: int) -> None:
+    def store_result(self, message: dramatiq.Message[Any], result: Any, ttl: int) -> None:
+        """As RedisBackend's, riding out a Redis outage of up to ``store_retry_seconds``."""
+        self._riding_out_outages(
+            message, lambda: super(RedisResultBackend, self).store_result(message, result, ttl)
+        )
+
+    def store_exception(self, message: dramatiq.Message[Any], exception: Exception, ttl: int) -> None:
+        """As RedisBackend's, riding out a Redis outage of up to ``store_retry_seconds``."""
+        self._riding_out_outages(
+            message, lambda: super(RedisResultBackend, self).store_exception(message, exception, ttl)
+        )
+
+    def _riding_out_outages(self, message: dramatiq.Message[Any], store: Callable[[], object]) -> None:
+        message_key = self.build_message_key(message)
+
         def log_retry(error: BaseException, delay: float) -> None:
             logger.warning("Redis unavailable, retrying to store result %s in %.1fs", message_key, delay)
 
         try:
             retry_with_backoff(
-                lambda: super(RedisResultBackend, self)._store(message_key, result, ttl),
+                store,
                 retry_on=(redis.ConnectionError, redis.TimeoutError),
                 timeout_seconds=self.store_retry_seconds,
                 policy=STORE_BACKOFF,

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
+import dramatiq
 import pytest
+import redis
 
 from shared.backoff import Backoff, retry_with_backoff
 from shared.producer import SEND_BACKOFF
-from shared.results import STORE_BACKOFF
+from shared.results import STORE_BACKOFF, RedisResultBackend
+from tests.support import free_port
 
 
 class FakeClock:
@@ -133,3 +138,28 @@ def test_a_backoff_must_start_above_zero_and_not_above_its_longest_wait(first: f
 def test_send_and_result_storage_use_bounded_policies() -> None:
     assert (SEND_BACKOFF.first_delay, SEND_BACKOFF.max_delay) == (0.1, 1.0)
     assert (STORE_BACKOFF.first_delay, STORE_BACKOFF.max_delay) == (0.2, 2.0)
+
+
+def test_a_result_store_retries_while_redis_is_unreachable_then_raises(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given a backend whose Redis does not answer (nothing listens on the port)
+    backend = RedisResultBackend(url=f"redis://127.0.0.1:{free_port()}/0", store_retry_seconds=0.5)
+    message: dramatiq.Message[object] = dramatiq.Message(
+        queue_name="default", actor_name="echo", args=(), kwargs={}, options={}, message_id="m-1"
+    )
+
+    # When it stores a result
+    with caplog.at_level(logging.WARNING, "greenroom.results"), pytest.raises(redis.ConnectionError):
+        backend.store_result(message, {"x": 1}, 60_000)
+
+    # Then it retried with the store policy's waits (0.2 s, then past the deadline), and said so
+    retries = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert retries == [
+        f"Redis unavailable, retrying to store result {backend.build_message_key(message)} in 0.2s"
+    ]
+    [failure] = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert failure.startswith(
+        f"Result {backend.build_message_key(message)} not stored: Redis unavailable for 0s"
+    )
+    backend.client.close()
