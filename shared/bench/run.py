@@ -57,7 +57,7 @@ from shared.bench.measurement import (
 )
 from shared.bench.otlp_receiver import OtlpReceiver, Protocol
 from shared.bench.processes import WorkerPlan
-from shared.bench.queues import BENCH_DEAD_LETTER_TTL_SECONDS, BenchQueues
+from shared.bench.queues import BENCH_DEAD_LETTER_TTL_SECONDS, BenchQueues, BenchQueuesExist
 from shared.bench.recorder import BENCH_QUEUE, completed, waits
 from shared.bench.report import build_report
 from shared.bench.task import BENCH_ECHO
@@ -98,7 +98,11 @@ class Bench:
 
     def run(self) -> dict[str, Any]:
         """Measure both sides; the report (see :func:`shared.bench.report.build_report`)."""
-        self.queues.claim()  # before anything declares a queue: refuses if one exists already
+        try:
+            self.queues.claim()  # before anything declares a queue: refuses if one exists already
+        except BenchQueuesExist:
+            shutil.rmtree(self.workdir)
+            raise
         try:
             with OtlpReceiver.start(self.options.otlp_protocol, keep_spans=False) as receiver:
                 plan = WorkerPlan(

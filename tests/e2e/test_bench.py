@@ -103,7 +103,10 @@ def test_bench_refuses_to_touch_a_bench_queue_it_did_not_create(
         connection.close()
     try:
         # When the bench is run
-        completed = run_cli(["bench", "--messages", "40", "--rounds", "1"], service_env, workdir, timeout=60)
+        temporary = workdir / "tmp"
+        temporary.mkdir()
+        env = {**service_env, "TMPDIR": str(temporary)}
+        completed = run_cli(["bench", "--messages", "40", "--rounds", "1"], env, workdir, timeout=60)
 
         # Then it refuses with one line naming the queue, and leaves the queue and its message alone
         assert completed.returncode == 1
