@@ -58,7 +58,10 @@ class TaskContextFilter(logging.Filter):
 class TaskLogging(Middleware):
     """Logs the outcome and duration of every task a worker processes.
 
-    >>> broker.middleware.insert(0, TaskLogging())
+    >>> from dramatiq.brokers.stub import StubBroker
+    >>> broker = StubBroker(middleware=[TaskLogging()])
+    >>> [type(middleware).__name__ for middleware in broker.middleware]
+    ['TaskLogging']
     """
 
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:

@@ -8,8 +8,9 @@ PRECONDITION_FAILED until the queue is emptied and deleted.
 :mod:`shared.service_refusals` turns that into one line (worker start, ``send``,
 ``greenroom dlq replay``).
 
->>> dead_letter_mismatch(connection, ["default"], ttl_seconds=86400)
-"DEAD_LETTER_TTL_SECONDS=86400 (86400000 ms) does not match the dead-letter queue 'default.XQ' ..."
+For example, with an open pika connection, ``dead_letter_mismatch(connection, ["default"],
+ttl_seconds=86400)`` returns "DEAD_LETTER_TTL_SECONDS=86400 (86400000 ms) does not match the
+dead-letter queue 'default.XQ' ..." when that queue was declared with another TTL.
 """
 
 from __future__ import annotations
