@@ -8,8 +8,8 @@ fails when pika changes what this module relies on.
 
 What it relies on: a ``BlockingChannel`` (or ``BlockingConnection``) wraps pika's
 asynchronous ``Channel`` (``Connection``) in its private ``_impl`` attribute, whose
-``basic_publish``/``basic_ack``/``basic_nack`` only buffer a frame and whose
-``confirm_delivery`` takes a callback per ack or nack.
+``basic_publish`` only buffers the frames and whose ``confirm_delivery`` takes a
+callback per ack or nack.
 """
 
 from __future__ import annotations
@@ -47,23 +47,24 @@ IMPL_ATTRIBUTE = "_impl"
 
 
 def buffering_channel(channel: Any) -> Any:
-    """The channel to hand frames that should wait for the next write: pika's ``Channel``
-    below the ``BlockingChannel`` ``channel`` (its private ``_impl``), whose ``basic_ack``,
-    ``basic_nack`` and ``basic_publish`` only buffer the frame until the blocking channel
-    or connection next writes. ``channel`` itself (every frame written at once), reported
-    once as a fallback, if that attribute is missing.
+    """The channel to hand messages that should wait for the next write: pika's ``Channel``
+    below the ``BlockingChannel`` ``channel`` (its private ``_impl``), whose ``basic_publish``
+    only buffers the frames until the blocking channel or connection next writes or reads.
+    ``channel`` itself (each message written at once), reported once as a fallback, if that
+    is missing.
     """
     impl = getattr(channel, IMPL_ATTRIBUTE, None)
-    if impl is None or not all(callable(getattr(impl, name, None)) for name in _BUFFERED_CALLS):
+    if not callable(getattr(impl, BUFFERED_PUBLISH, None)):
         report_fallback(
             "pika frame buffering",
-            f"pika {_pika_version()} has no BlockingChannel._impl with {', '.join(_BUFFERED_CALLS)}",
+            f"pika {_pika_version()} has no BlockingChannel._impl.{BUFFERED_PUBLISH}",
         )
         return channel
     return impl
 
 
-_BUFFERED_CALLS = ("basic_ack", "basic_nack", "basic_publish")
+#: The buffering method of pika's asynchronous channel.
+BUFFERED_PUBLISH = "basic_publish"
 
 
 def pipelined_confirms(

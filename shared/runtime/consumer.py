@@ -54,7 +54,6 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.common import q_name
 from dramatiq.errors import ConnectionClosed
 
-from shared import pika_compat
 from shared.runtime.message_checks import EXCERPT_CHARS, MessageRejected, checked_message, excerpt
 
 logger = logging.getLogger("greenroom.consumer")
@@ -219,22 +218,16 @@ class GreenroomConsumer(Consumer):
         )
 
     def _settle_finished(self) -> None:
-        """Runs on the connection's thread: one batch of nacks and acks, one socket write."""
+        """Runs on the connection's thread: one batch of nacks and acks."""
         with self._settling:
             finished, self._finished = self._finished, []
             self._flush_scheduled = False
             oldest_unfinished = min(self.unsettled, default=None)
-        frames = settlement_frames(finished, oldest_unfinished)
-        # All but the last frame are only buffered; the blocking channel's call for the
-        # last one writes the lot out in one go.
-        channel = self.channel
-        buffering = pika_compat.buffering_channel(channel)
-        for number, (tag, acked, multiple) in enumerate(frames, start=1):
-            target = channel if number == len(frames) else buffering
+        for tag, acked, multiple in settlement_frames(finished, oldest_unfinished):
             if acked:
-                target.basic_ack(tag, multiple=multiple)
+                self.channel.basic_ack(tag, multiple=multiple)
             else:
-                target.basic_nack(tag, requeue=False)
+                self.channel.basic_nack(tag, requeue=False)
 
     def close(self) -> None:
         """Send every settlement scheduled so far, then close the channel and the connection

@@ -330,3 +330,24 @@ def test_without_pipelined_confirms_refused_messages_are_still_kept_for_a_retry(
         publisher.publish()
     assert [m.message_id for m in publisher.unconfirmed] == [m.message_id for m in messages[5:]]
     assert _drain(rabbitmq_url, full_after_five) == [0, 1, 2, 3, 4]
+
+
+def test_without_pikas_buffering_each_message_is_written_at_once_and_the_batch_still_arrives(
+    producer: Producer, rabbitmq_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given: a pika whose asynchronous channel no longer has the buffering publish
+    monkeypatch.setattr(pika_compat, "BUFFERED_PUBLISH", "basic_publish_moved")
+    monkeypatch.setattr("observability.fallbacks._reported", {})
+
+    # When
+    with caplog.at_level(logging.ERROR, "greenroom.degraded"):
+        publisher = BatchPublisher(producer.broker, _messages("default", 600))
+        publisher.publish()
+
+    # Then: confirms still pipelined, every message there in order, one ERROR line and the gauge
+    assert publisher.unconfirmed == []
+    assert _drain(rabbitmq_url, "default") == list(range(600))
+    assert _kept_channel(producer)[1].pipelined
+    [line] = caplog.messages
+    assert line.startswith("pika frame buffering: fast path unavailable")
+    assert REGISTRY.get_sample_value("greenroom_degraded", {"component": "pika frame buffering"}) == 1

@@ -15,10 +15,7 @@ from typing import Any
 
 import pika.exceptions
 import pytest
-from prometheus_client import REGISTRY
 
-from observability.fallbacks import reported
-from shared import pika_compat
 from shared.runtime.consumer import GreenroomConsumer
 
 
@@ -35,37 +32,20 @@ class RecordingConnection:
 
 
 class RecordingChannel:
-    """A blocking channel whose frames are recorded in order, with whether each was only buffered."""
-
-    def __init__(self, shared_with: RecordingChannel | None = None, *, buffered: bool = False) -> None:
-        self.frames: list[tuple[str, int, bool]] = [] if shared_with is None else shared_with.frames
-        self.buffered: list[bool] = [] if shared_with is None else shared_with.buffered
-        self._is_buffer = buffered
+    def __init__(self) -> None:
+        self.frames: list[tuple[str, int, bool]] = []
 
     def basic_ack(self, tag: int, multiple: bool = False) -> None:
         self.frames.append(("ack", tag, multiple))
-        self.buffered.append(self._is_buffer)
 
     def basic_nack(self, tag: int, requeue: bool = True) -> None:
         assert requeue is False
         self.frames.append(("nack", tag, False))
-        self.buffered.append(self._is_buffer)
-
-    def basic_publish(self, **kwargs: Any) -> None:
-        raise AssertionError("a consumer never publishes")
 
 
-class BufferingChannel(RecordingChannel):
-    """A blocking channel with pika's buffering channel below it, as ``_impl``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._impl = RecordingChannel(self, buffered=True)
-
-
-def _consumer(unsettled: set[int]) -> tuple[GreenroomConsumer, RecordingConnection, BufferingChannel]:
+def _consumer(unsettled: set[int]) -> tuple[GreenroomConsumer, RecordingConnection, RecordingChannel]:
     consumer = GreenroomConsumer.__new__(GreenroomConsumer)  # no broker: only the settling state
-    connection, channel = RecordingConnection(), BufferingChannel()
+    connection, channel = RecordingConnection(), RecordingChannel()
     consumer.connection, consumer.channel = connection, channel
     consumer.unsettled = set(unsettled)
     consumer._settling, consumer._finished, consumer._flush_scheduled = threading.Lock(), [], False
@@ -98,47 +78,7 @@ def test_one_settlement_per_wake_up_and_single_acks_above_an_unfinished_message(
     connection.run_callbacks()
 
     assert channel.frames == [("ack", 1, True), ("ack", 3, False), ("ack", 4, False)]
-    assert channel.buffered == [True, True, False]  # the last frame's call writes them all
     assert consumer.unsettled == {2}
-    assert "pika frame buffering" not in reported()
-
-
-def test_without_pikas_buffering_channel_every_frame_is_written_at_once_and_said_loudly(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    # Given: a pika whose blocking channel no longer keeps its channel where the adapter looks
-    monkeypatch.setattr(pika_compat, "IMPL_ATTRIBUTE", "_impl_moved")
-    monkeypatch.setattr("observability.fallbacks._reported", {})
-    consumer, connection, channel = _consumer(unsettled={1, 2, 3, 4})
-
-    # When
-    with caplog.at_level(logging.ERROR, "greenroom.degraded"):
-        for tag in (1, 3, 4):
-            consumer.ack(Finished(consumer, tag))
-        connection.run_callbacks()
-
-    # Then: the same frames, each written by the blocking channel's public call; one ERROR line
-    assert channel.frames == [("ack", 1, True), ("ack", 3, False), ("ack", 4, False)]
-    assert channel.buffered == [False, False, False]
-    [line] = caplog.messages
-    assert line.startswith("pika frame buffering: fast path unavailable")
-    assert REGISTRY.get_sample_value("greenroom_degraded", {"component": "pika frame buffering"}) == 1
-
-
-def test_a_message_from_a_replaced_connection_is_not_settled_on_the_new_one(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    old, _, _ = _consumer(unsettled={1})
-    new, connection, channel = _consumer(unsettled={1})  # tag 1 here is another message
-    with caplog.at_level(logging.WARNING, "greenroom.consumer"):
-        new.ack(Finished(old, 1))
-        new.nack(Finished(old, 1))
-    connection.run_callbacks()
-
-    assert channel.frames == []
-    assert new.unsettled == {1}
-    [line] = caplog.messages  # said once, however many finish late
-    assert "1 unsettled message(s) of it will be redelivered" in line
 
 
 class ClosedConnection(RecordingConnection):
