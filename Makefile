@@ -9,10 +9,10 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,docs]'
+	$(BIN)/pip install --quiet --constraint constraints.txt -e '.[dev,docs,bench]'
 	touch $@
 
 ## Run every worker process type of the Procfile (scale one: `make run ARGS="-c reports=3"`).
