@@ -57,10 +57,16 @@ from shared.bench.measurement import (
 )
 from shared.bench.otlp_receiver import OtlpReceiver, Protocol
 from shared.bench.processes import WorkerPlan
-from shared.bench.queues import BENCH_DEAD_LETTER_TTL_SECONDS, BenchQueues, BenchQueuesExist
+from shared.bench.queues import (
+    BENCH_DEAD_LETTER_TTL_SECONDS,
+    BENCH_QUEUE_NAMES,
+    BenchQueues,
+    BenchQueuesExist,
+)
 from shared.bench.recorder import BENCH_QUEUE, completed, waits
 from shared.bench.report import build_report
 from shared.bench.task import BENCH_ECHO
+from shared.errors import GreenroomError
 from shared.producer import Producer
 from shared.settings import Settings
 
@@ -121,7 +127,7 @@ class Bench:
                     "consumer_spans_received": receiver.consumer_span_count,
                 }
         finally:
-            self.queues.delete()
+            self._delete_queues()
             self.records.unlink(missing_ok=True)
         shutil.rmtree(self.workdir)  # kept when a step failed: its worker logs are there
         return build_report(asdict(self.options), results, rounds, spans)
@@ -242,6 +248,14 @@ class Bench:
     def _reset(self) -> None:
         self.records.unlink(missing_ok=True)
         self.queues.empty()
+
+    def _delete_queues(self) -> None:
+        """Delete the bench queues; when RabbitMQ cannot do it, name the queues left behind."""
+        try:
+            self.queues.delete()
+        except GreenroomError:
+            self._say(f"bench: could not delete its queues: delete {', '.join(BENCH_QUEUE_NAMES)} yourself")
+            raise
 
     def _say(self, text: str) -> None:
         print(text, file=self.progress, flush=True)
