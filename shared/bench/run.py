@@ -61,7 +61,6 @@ from shared.bench.queues import (
     BENCH_DEAD_LETTER_TTL_SECONDS,
     BENCH_QUEUE_NAMES,
     BenchQueues,
-    BenchQueuesExist,
 )
 from shared.bench.recorder import BENCH_QUEUE, completed, waits
 from shared.bench.report import build_report
@@ -106,10 +105,6 @@ class Bench:
         """Measure both sides; the report (see :func:`shared.bench.report.build_report`)."""
         try:
             self.queues.claim()  # before anything declares a queue: refuses if one exists already
-        except BenchQueuesExist:
-            shutil.rmtree(self.workdir)
-            raise
-        try:
             with OtlpReceiver.start(self.options.otlp_protocol, keep_spans=False) as receiver:
                 plan = WorkerPlan(
                     self.settings,
@@ -127,8 +122,10 @@ class Bench:
                     "consumer_spans_received": receiver.consumer_span_count,
                 }
         finally:
-            self._delete_queues()
+            self._delete_queues()  # only those it claimed
             self.records.unlink(missing_ok=True)
+            if not any(self.workdir.iterdir()):  # failed before a worker ran: no log to keep
+                self.workdir.rmdir()
         shutil.rmtree(self.workdir)  # kept when a step failed: its worker logs are there
         return build_report(asdict(self.options), results, rounds, spans)
 
