@@ -2,13 +2,16 @@
 
 For every queue it reports ``ready`` (the queue itself), ``delayed`` (its
 ``.DQ``: delayed and retrying messages) and ``dead_letter`` (its ``.XQ``),
-using passive declares, which never create a queue. A scrape waits at most
-``timeout_seconds`` for RabbitMQ; scrapes closer together than
-``cache_seconds`` share one reading.
+using passive declares, which never create a queue. It connects with the
+parameters it is given (the worker passes ``shared.connections.checking_parameters``:
+one attempt, every wait bounded) and keeps the connection between scrapes;
+scrapes closer together than ``cache_seconds`` share one reading, and a failed
+one reports nothing and logs one WARNING line.
 
 For example, with RabbitMQ at hand::
 
-    reader = QueueDepthReader("amqp://guest:guest@127.0.0.1:5672/%2F", lambda: ["default"])
+    parameters = lambda: pika.URLParameters("amqp://guest:guest@127.0.0.1:5672/%2F")
+    reader = QueueDepthReader(parameters, lambda: ["default"])
     reader.read()   # {'default': {'ready': 12, 'delayed': 0, 'dead_letter': 1}}
 """
 
@@ -22,6 +25,7 @@ from collections.abc import Callable
 
 import pika
 import pika.exceptions
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
 logger = logging.getLogger("greenroom.exposition")
 
@@ -31,19 +35,19 @@ Depths = dict[str, dict[str, int]]
 
 
 class QueueDepthReader:
+    """Reads the depths of ``queues()`` through a connection made from ``parameters()``."""
+
     def __init__(
         self,
-        url: str,
+        parameters: Callable[[], pika.ConnectionParameters],
         queues: Callable[[], list[str]],
         *,
         cache_seconds: float = 5.0,
-        timeout_seconds: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.url = url
+        self.parameters = parameters
         self.queues = queues
         self.cache_seconds = cache_seconds
-        self.timeout_seconds = timeout_seconds
         self.clock = clock
         self._lock = threading.Lock()
         self._connection: pika.BlockingConnection | None = None
@@ -60,7 +64,7 @@ class QueueDepthReader:
     def _read_all(self) -> Depths:
         try:
             return {queue: self._read_queue(queue) for queue in self.queues()}
-        except (pika.exceptions.AMQPError, OSError) as error:
+        except (pika.exceptions.AMQPError, AMQPConnectorException, OSError) as error:
             logger.warning("Could not read queue depths from RabbitMQ: %s", error or type(error).__name__)
             self._disconnect()
             return {}
@@ -79,10 +83,7 @@ class QueueDepthReader:
 
     def _connect(self) -> pika.BlockingConnection:
         if self._connection is None or self._connection.is_closed:
-            parameters = pika.URLParameters(self.url)
-            parameters.socket_timeout = self.timeout_seconds
-            parameters.blocked_connection_timeout = self.timeout_seconds
-            parameters.connection_attempts = 1
+            parameters = self.parameters()
             parameters.heartbeat = 0  # a scrape-driven connection sits idle between scrapes
             self._connection = pika.BlockingConnection(parameters)
         return self._connection

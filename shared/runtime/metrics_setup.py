@@ -40,6 +40,10 @@ logger = logging.getLogger("greenroom.exposition")
 #: prometheus_client's own variable: where worker processes write their metric files.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
+#: Longest wait of a scrape for RabbitMQ's queue depths (each step of opening the connection
+#: and each reply).
+QUEUE_DEPTH_TIMEOUT_SECONDS = 2.0
+
 #: Seconds between two looks at readiness while ``serving_metrics`` waits for the worker to be ready.
 READY_POLL_SECONDS = 0.05
 
@@ -203,10 +207,14 @@ def _call_when_ready(
 def _bind(settings: Settings, health: Health) -> ExpositionServer | None:
     from observability.exposition import build_registry, make_server
     from observability.queue_depth import QueueDepthReader
+    from shared.connections import checking_parameters
 
     registry = build_registry(
         prometheus_directory(settings),
-        QueueDepthReader(settings.rabbitmq_url, lambda: watched_queues(settings)),
+        QueueDepthReader(
+            lambda: checking_parameters(settings.rabbitmq_url, QUEUE_DEPTH_TIMEOUT_SECONDS),
+            lambda: watched_queues(settings),
+        ),
         __version__,
     )
     try:
