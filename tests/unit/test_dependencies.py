@@ -99,6 +99,18 @@ def test_every_production_import_is_a_declared_dependency() -> None:
     assert not undeclared, f"imported but not in [project].dependencies: {undeclared}"
 
 
+def test_every_distribution_a_compat_module_was_written_against_is_declared() -> None:
+    from observability import opentelemetry_compat
+
+    declared = _requirements(_pyproject()["project"]["dependencies"])
+    relied_on = {**opentelemetry_compat.WRITTEN_AGAINST, **opentelemetry_compat.GRPC_WRITTEN_AGAINST}
+
+    for name, version in relied_on.items():
+        requirement = declared.get(canonicalize_name(name))
+        assert requirement is not None, f"{name} is checked by opentelemetry_compat but not declared"
+        assert requirement.specifier.contains(version, prereleases=True), f"{name} {version}: {requirement}"
+
+
 def test_what_a_tool_imports_beyond_production_is_its_extra() -> None:
     project = _pyproject()["project"]
     production = set(_requirements(project["dependencies"]))
