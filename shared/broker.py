@@ -7,7 +7,7 @@ when a worker's broker is built, so a producer process loads none of
 :mod:`shared.runtime`.
 
 >>> from shared.settings import load_settings
->>> broker = build_broker(load_settings(BROKER_CONFIRM_DELIVERY=True), "producer")
+>>> broker = build_broker(load_settings(_env_file=None, BROKER_CONFIRM_DELIVERY=True), "producer")
 >>> broker.confirm_delivery
 True
 >>> [type(m).__name__ for m in broker.middleware][-2:]

@@ -15,7 +15,7 @@ an unknown task name raises and publishes nothing (no service is needed to see i
 
 >>> from opentelemetry.sdk.trace import TracerProvider
 >>> from shared.settings import load_settings
->>> producer = Producer(load_settings(), tracer_provider=TracerProvider())
+>>> producer = Producer(load_settings(_env_file=None), tracer_provider=TracerProvider())
 >>> producer.send("ecko", payload=1)
 Traceback (most recent call last):
   ...

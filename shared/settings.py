@@ -4,7 +4,7 @@ Every process (workers, producers, the CLI) builds a :class:`Settings` from the
 environment and an optional ``.env`` file in the working directory; real
 environment variables win over ``.env``. Field names are the variable names.
 
->>> settings = load_settings()
+>>> settings = load_settings(_env_file=None)   # the environment only, no .env file
 >>> settings.WORKER_THREADS
 8
 
