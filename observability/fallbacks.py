@@ -2,7 +2,8 @@
 
 A ``*_compat.py`` adapter that finds its library changed calls :func:`report_fallback`
 once, at start-up: one ERROR line on the ``greenroom.degraded`` logger and the gauge
-``greenroom_degraded{component}`` set to 1, which the ``GreenroomDegraded`` alert reads. The process keeps working, more slowly; nothing is switched off.
+``greenroom_degraded{component}`` set to 1, which the ``GreenroomDegraded`` alert reads.
+The process keeps working, more slowly; nothing is switched off.
 
 A fallback reported before prometheus_client is imported sets its gauge when the
 process calls :func:`export_reported` (a worker process does at boot).
