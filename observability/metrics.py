@@ -12,8 +12,14 @@ process degraded (``/readyz`` fails, one CRITICAL line). At shutdown it logs
 the message ids that RabbitMQ will redeliver
 (:mod:`observability.redelivery_report`).
 
-The middleware belongs before Retries in the broker's list (its after-hooks
-then see whether a failed message will retry or is dead-lettered).
+The composition root (``shared.broker.middleware_stack``, through
+``shared.runtime.metrics_setup.metrics_middleware``) puts the middleware on
+workers only, right after TaskLogging and before the Dramatiq middleware and
+Retries: its ``before_process_message`` runs before those of the middleware
+that can skip a message (``AgeLimit``, say), and its after-hooks (Dramatiq runs
+``after_*`` hooks in reverse) run once Retries has decided whether a failed
+message retries or is dead-lettered, so the outcome counted is ``retry`` or
+``failure``.
 """
 
 from __future__ import annotations
@@ -57,11 +63,6 @@ class Metrics(Middleware):
     (:class:`observability.task_figures.TaskFigures`). Figures therefore reach
     ``/metrics`` up to ``flush_interval`` late; a process killed with SIGKILL
     loses at most its last interval.
-
-    Used as::
-
-        broker.add_middleware(Metrics(worker_registry=registry, exemplars=store, forks=[serve]),
-                              before=Retries)
     """
 
     def __init__(

@@ -1,9 +1,13 @@
 """One log line per finished task, and task fields on every line logged inside it.
 
-The middleware must be the *first* in the broker's list: its
-``before_process_message`` then runs before any other middleware can skip the
-message, and its ``after_process_message`` runs last, once ``Retries`` has
-decided the message's fate.
+The composition root (``shared.broker.middleware_stack``) puts the middleware
+right after the tracing middleware (fourth on a worker with tracing on, after
+``BatchedWorkerLogs``, ``Tracing`` and ``TracerProviderLifecycle``) and before
+``Metrics``, the Dramatiq middleware and ``Retries``. Its
+``before_process_message`` then runs before any middleware that can skip the
+message (``AgeLimit``, say), and since Dramatiq runs ``after_*`` hooks in
+reverse, its ``after_process_message`` runs after Retries' hook has decided
+the message's fate, while the consumer span is still current.
 
 Events of the per-task line (field ``event``):
 
@@ -31,7 +35,7 @@ from dramatiq.middleware import Middleware
 logger = logging.getLogger("greenroom.task")
 
 
-class _RunningTask(NamedTuple):  # a tuple: made per task, at a quarter of a frozen dataclass's cost
+class _RunningTask(NamedTuple):  # what TaskLogging keeps of the running task; one per task
     message_id: str
     actor: str
     queue: str

@@ -6,13 +6,13 @@ conventions (``send <queue>`` / ``process <queue>``, messaging.system=rabbitmq
 ...). The W3C trace context (and baggage) travels in one message option,
 :data:`TRACE_CONTEXT_OPTION`, written with the globally configured propagator.
 
-Place this middleware *first* in the broker's list: its ``before_*`` hooks then
-run before every other middleware and its ``after_*`` hooks after them, so the
-consumer span is current while Retries re-enqueues a failed message (the retry
-gets a producer span inside the same trace) and while the per-task log line is
-written (the line carries the trace id).
-
-    broker.middleware.insert(0, Tracing())
+The composition root (``shared.broker.middleware_stack``) puts this middleware
+first on a producer and second on a worker, after ``BatchedWorkerLogs`` (which
+only writes log lines). Its ``before_*`` hooks therefore run before those of
+every middleware below it and its ``after_*`` hooks after them, so the consumer
+span is current while Retries re-enqueues a failed message (the retry gets a
+producer span inside the same trace) and while TaskLogging writes the per-task
+log line (the line carries the trace id).
 """
 
 from __future__ import annotations

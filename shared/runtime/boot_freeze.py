@@ -1,12 +1,12 @@
 """Keep the garbage collector's full passes short in worker processes.
 
-A booted worker process holds a few hundred thousand objects that live as
-long as it does (Dramatiq, pika, the OpenTelemetry SDK, pydantic,
-prometheus_client ...). Python's full (generation 2) collection walks every
-one of them while holding the GIL, and no thread of the process runs
-meanwhile. Under load, traced tasks leave objects that live until their span
-is exported and so reach the oldest generation, which triggers such a pass
-every few seconds; each one stalls every task the process has in hand.
+A booted worker process holds many objects that live as long as it does
+(Dramatiq, pika, the OpenTelemetry SDK, pydantic, prometheus_client ...).
+Python's full (generation 2) collection walks every one of them while holding
+the GIL, and no thread of the process runs meanwhile. Under load, traced tasks
+leave objects that live until their span is exported and so reach the oldest
+generation, which triggers such passes; each one stalls every task the process
+has in hand.
 
 Just before the worker starts its threads, :class:`FreezeBootObjects`
 collects once and moves everything alive to the collector's permanent
