@@ -64,9 +64,12 @@ def provider_factory(settings: Settings, role: Role) -> Callable[[], TracerProvi
 def tracing_middleware(
     settings: Settings, role: Role, tracer_provider: trace.TracerProvider | None = None
 ) -> list[Tracing | TracerProviderLifecycle]:
-    """The tracing middleware for a broker, first in its list (empty when tracing is off).
+    """The tracing middleware for a broker (empty when tracing is off): ``Tracing``, and on
+    a worker ``TracerProviderLifecycle`` after it. ``shared.broker.middleware_stack`` puts
+    them first on a producer, right after ``BatchedWorkerLogs`` on a worker.
 
-    With ``tracer_provider`` the spans go there instead of the global provider.
+    With ``tracer_provider`` the spans go there instead of the global provider (and no
+    lifecycle middleware is added).
     """
     if not settings.tracing_active:
         return []
