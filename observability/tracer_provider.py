@@ -189,7 +189,8 @@ class TracerProviderLifecycle(Middleware):
     """Creates the TracerProvider in each worker process once Dramatiq has forked
     it, and flushes it when the worker shuts down (bounded by ``flush_timeout_seconds``).
 
-        broker.add_middleware(TracerProviderLifecycle(factory=make_provider, flush_timeout_seconds=5))
+    The composition root (``shared.broker.middleware_stack``, through
+    ``shared.telemetry.tracing_middleware``) puts it right after ``Tracing`` on workers.
     """
 
     def __init__(self, *, factory: Callable[[], TracerProvider], flush_timeout_seconds: float) -> None:
