@@ -133,7 +133,7 @@ def test_the_quick_start_is_make_run_and_make_test() -> None:
     # make test sets up, lints, builds the docs, then runs the suite; make setup installs the docs tools
     assert re.search(r"^test: setup .*\blint docs\b", makefile, re.MULTILINE), "make test must build the docs"
     assert "mkdocs build --strict" in makefile
-    assert "'.[dev,docs]'" in makefile
+    assert "--constraint constraints.txt -e '.[dev,docs,bench]'" in makefile
 
 
 # Python ---------------------------------------------------------------------------
