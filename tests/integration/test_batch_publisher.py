@@ -16,9 +16,12 @@ import pika
 import pytest
 from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import Middleware
+from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import INVALID_SPAN
 from prometheus_client import REGISTRY
 
+from observability.tracing import Tracing
 from shared import pika_compat
 from shared import publishing as batch_publisher
 from shared.errors import PublishError
@@ -325,9 +328,12 @@ def test_without_pipelined_confirms_refused_messages_are_still_kept_for_a_retry(
 ) -> None:
     messages = _messages(full_after_five, 12)
     publisher = BatchPublisher(producer.broker, messages)
+    tracing = next(m for m in producer.broker.middleware if isinstance(m, Tracing))
 
-    with pytest.raises(ConnectionClosed, match="refused"):
+    # As send_many publishes: one batch span (a refused publish raises mid-batch on this path)
+    with pytest.raises(ConnectionClosed, match="refused"), tracing.publishing_batch(full_after_five, 12):
         publisher.publish()
+    assert trace.get_current_span() is INVALID_SPAN  # nothing of the batch left current
     assert [m.message_id for m in publisher.unconfirmed] == [m.message_id for m in messages[5:]]
     assert _drain(rabbitmq_url, full_after_five) == [0, 1, 2, 3, 4]
 
