@@ -46,11 +46,37 @@ class DuplicateTask(ValueError):
     """A contract is declared with a name another contract already has."""
 
 
+#: The longest time limit, backoff, age limit and rate-limit period a contract may set (a week).
+MAX_POLICY_SECONDS = 7 * 86400
+#: The highest message priority RabbitMQ supports.
+MAX_PRIORITY = 255
+
+
+class InvalidContract(ValueError):
+    """A contract's policy is out of range; raised where it is declared."""
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """At most ``count`` starts of a task per ``per_seconds``, across every worker.
+
+    >>> RateLimit(10, per_seconds=1.0)
+    RateLimit(count=10, per_seconds=1.0)
+    """
+
+    count: int
+    per_seconds: float
+
+
 @dataclass(frozen=True, slots=True)
 class TaskContract:
-    """A task as both sides know it. ``None`` options fall back to the TASK_* settings.
+    """A task as both sides know it: its name, queue, arguments and policy.
 
-    Declaring one registers it in :data:`TASKS`.
+    The policy fields left ``None`` fall back to the TASK_* settings (retries,
+    backoff, time limit), to RESULT_TTL_SECONDS, or to no limit at all (age,
+    priority, concurrency, rate). ``retry_on`` names the exception types that
+    retry; any other exception dead-letters the message at once (``None``:
+    every exception retries). Declaring one registers it in :data:`TASKS`.
     """
 
     name: str
@@ -58,11 +84,19 @@ class TaskContract:
     arguments: type[TaskArguments]
     description: str
     max_retries: int | None = None
-    time_limit_seconds: float | None = None
     min_backoff_seconds: float | None = None
+    max_backoff_seconds: float | None = None
+    retry_on: tuple[type[BaseException], ...] | None = None
+    time_limit_seconds: float | None = None
+    max_age_seconds: float | None = None
+    result_ttl_seconds: int | None = None
     store_results: bool = True
+    priority: int | None = None
+    concurrency_limit: int | None = None
+    rate_limit: RateLimit | None = None
 
     def __post_init__(self) -> None:
+        _check_policy(self)
         TASKS.register(self)
 
     def validate(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -75,6 +109,57 @@ class TaskContract:
             return self.arguments.model_validate(dict(kwargs))
         except ValidationError as error:
             raise InvalidTaskArguments(self.name, _summarise(error)) from None
+
+
+def _check_policy(contract: TaskContract) -> None:
+    """InvalidContract naming the first policy field of ``contract`` out of range."""
+
+    def refuse(field: str, problem: str) -> None:
+        raise InvalidContract(f"task {contract.name!r}: {field} {problem}")
+
+    for field in ("max_retries", "result_ttl_seconds", "priority", "concurrency_limit"):
+        value = getattr(contract, field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            refuse(field, f"must be a whole number, not {value!r}")
+    for field in ("min_backoff_seconds", "max_backoff_seconds", "time_limit_seconds", "max_age_seconds"):
+        value = getattr(contract, field)
+        if value is not None and not (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and 0 < value <= MAX_POLICY_SECONDS
+        ):
+            refuse(
+                field, f"must be a number of seconds above 0 and at most {MAX_POLICY_SECONDS}, not {value!r}"
+            )
+    if contract.max_retries is not None and not 0 <= contract.max_retries <= 100:
+        refuse("max_retries", "must be between 0 and 100")
+    if contract.result_ttl_seconds is not None and contract.result_ttl_seconds <= 0:
+        refuse("result_ttl_seconds", "must be above 0")
+    if contract.priority is not None and not 0 <= contract.priority <= MAX_PRIORITY:
+        refuse("priority", f"must be between 0 and {MAX_PRIORITY}")
+    if contract.concurrency_limit is not None and contract.concurrency_limit < 1:
+        refuse("concurrency_limit", "must be at least 1")
+    if (
+        contract.min_backoff_seconds is not None
+        and contract.max_backoff_seconds is not None
+        and contract.min_backoff_seconds > contract.max_backoff_seconds
+    ):
+        refuse("min_backoff_seconds", "must not exceed max_backoff_seconds")
+    if contract.retry_on is not None and not (
+        isinstance(contract.retry_on, tuple)
+        and all(isinstance(kind, type) and issubclass(kind, BaseException) for kind in contract.retry_on)
+    ):
+        refuse("retry_on", "must be a tuple of exception types")
+    limit = contract.rate_limit
+    if limit is not None and not (
+        isinstance(limit, RateLimit)
+        and isinstance(limit.count, int)
+        and not isinstance(limit.count, bool)
+        and limit.count >= 1
+        and isinstance(limit.per_seconds, (int, float))
+        and 0 < limit.per_seconds <= MAX_POLICY_SECONDS
+    ):
+        refuse("rate_limit", f"must be a RateLimit of at least 1 per 0 to {MAX_POLICY_SECONDS} seconds")
 
 
 def _summarise(error: ValidationError) -> str:
