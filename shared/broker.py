@@ -26,6 +26,7 @@ import dramatiq
 from dramatiq.brokers.rabbitmq import MAX_ENQUEUE_ATTEMPTS, RabbitmqBroker
 from dramatiq.middleware import (
     AgeLimit,
+    AsyncIO,
     Callbacks,
     CurrentMessage,
     Middleware,
@@ -188,7 +189,8 @@ def middleware_stack(
     written after every other middleware has shut down, Tracing keeps the
     consumer span current around everything else, TaskLogging (next) writes
     its line after Retries has decided whether a failed message retries or
-    dies, and freezing the boot objects comes after every other boot step.
+    dies, AsyncIO starts the event loop thread async actors run on, and
+    freezing the boot objects comes after every other boot step.
     """
     retry_options: dict[str, Any] = {
         "max_retries": settings.TASK_MAX_RETRIES,
@@ -209,7 +211,7 @@ def middleware_stack(
         first = [BatchedWorkerLogs()]
         after_task_logging = [metrics_middleware(settings), CoalesceTermSignals()]
         retries = RetriesKeepingFailedEnqueues(**retry_options)
-        last = [FreezeBootObjects()]
+        last = [AsyncIO(), FreezeBootObjects()]
     return [
         *first,
         *tracing_middleware(settings, role, tracer_provider),

@@ -29,7 +29,8 @@ shared.errors.InvalidTaskArguments: invalid arguments for task 'echo': delay_ms:
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import inspect
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import dramatiq
@@ -62,17 +63,52 @@ def actor_options(contract: TaskContract, settings: Settings) -> dict[str, Any]:
 def implements(
     contract: TaskContract, *, settings: Settings | None = None
 ) -> Callable[[Callable[[ArgumentsT], Any]], dramatiq.Actor[..., Any]]:
-    """Declare the actor for ``contract`` on the current global broker."""
+    """Declare the actor for ``contract`` on the current global broker.
+
+    The function takes the parsed arguments. An ``async def`` function makes an
+    async actor: Dramatiq's AsyncIO middleware (in a worker's stack) runs it on
+    the worker process's event loop thread, validated the same way first. A plain
+    function that returns an awaitable fails the task (TypeError) instead of
+    succeeding with a coroutine nobody awaits.
+    """
     options = actor_options(contract, settings or get_settings())
 
-    def decorate(function: Callable[[ArgumentsT], Any]) -> dramatiq.Actor[..., Any]:
-        @functools.wraps(function)
-        def run_validated(*args: Any, **kwargs: Any) -> Any:
-            if args:
-                raise InvalidTaskArguments(contract.name, "positional arguments are not accepted")
-            return function(contract.parse(kwargs))  # type: ignore[arg-type]
+    def parsed(args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskArguments:
+        if args:
+            raise InvalidTaskArguments(contract.name, "positional arguments are not accepted")
+        return contract.parse(kwargs)
 
+    def decorate(function: Callable[[ArgumentsT], Any]) -> dramatiq.Actor[..., Any]:
+        run: Callable[..., Any]
+        if inspect.iscoroutinefunction(function):
+
+            @functools.wraps(function)
+            async def run_validated_async(*args: Any, **kwargs: Any) -> Any:
+                return await function(parsed(args, kwargs))  # type: ignore[arg-type]
+
+            run = run_validated_async
+        else:
+
+            @functools.wraps(function)
+            def run_validated(*args: Any, **kwargs: Any) -> Any:
+                result = function(parsed(args, kwargs))  # type: ignore[arg-type]
+                if inspect.isawaitable(result):
+                    raise _not_awaited(contract, result)
+                return result
+
+            run = run_validated
         declare = dramatiq.actor(actor_name=contract.name, queue_name=contract.queue, **options)
-        return declare(run_validated)
+        return declare(run)
 
     return decorate
+
+
+def _not_awaited(contract: TaskContract, awaitable: Awaitable[Any]) -> TypeError:
+    """The error for a plain function that returned ``awaitable``, which is closed unrun."""
+    close = getattr(awaitable, "close", None)
+    if close is not None:
+        close()  # a coroutine: no "never awaited" warning, nothing of it runs
+    return TypeError(
+        f"task {contract.name!r}: its implementation returned {type(awaitable).__name__} "
+        "without awaiting it: declare it with async def"
+    )

@@ -2,6 +2,8 @@
 
 >>> ECHO.validate({"payload": {"x": 1}})
 {'payload': {'x': 1}, 'delay_ms': 0}
+>>> ECHO_ASYNC.arguments is ECHO.arguments
+True
 >>> FAIL.max_retries
 0
 """
@@ -27,6 +29,12 @@ ECHO = TaskContract(
     queue="default",
     arguments=EchoArguments,
     description="Return `payload` after `delay_ms` of simulated work (checks and tests).",
+)
+ECHO_ASYNC = TaskContract(
+    name="echo_async",
+    queue="default",
+    arguments=EchoArguments,
+    description="`echo` as an async actor: `delay_ms` awaited with asyncio.sleep (checks and tests).",
 )
 FAIL = TaskContract(
     name="fail",

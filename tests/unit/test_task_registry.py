@@ -46,9 +46,9 @@ def test_the_built_in_contracts_are_in_the_table_without_a_hand_edited_list() ->
     # When it reads the task table
     declared, names, count = json.loads(run_python(code, REPO))
     # Then it holds the contracts of shared/contracts, in the order they were declared
-    assert declared == ["echo", "fail", "reports.build", "reports.sync_inventory"]
+    assert declared == ["echo", "echo_async", "fail", "reports.build", "reports.sync_inventory"]
     assert names == sorted(declared)
-    assert count == 4
+    assert count == 5
     assert get_task("echo") is ECHO
 
 
@@ -72,7 +72,7 @@ def test_a_new_module_in_the_contracts_package_is_enough(tmp_path: Path) -> None
 
     # Then the new task is known, beside the built-in ones
     assert queue == "greetings"
-    assert names == ["echo", "fail", "greet", "reports.build", "reports.sync_inventory"]
+    assert names == ["echo", "echo_async", "fail", "greet", "reports.build", "reports.sync_inventory"]
     assert Path(loaded_from).is_relative_to(tmp_path)
 
 
