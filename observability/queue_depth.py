@@ -13,6 +13,7 @@ For example, with RabbitMQ at hand::
     parameters = lambda: pika.URLParameters("amqp://guest:guest@127.0.0.1:5672/%2F")
     reader = QueueDepthReader(parameters, lambda: ["default"])
     reader.read()   # {'default': {'ready': 12, 'delayed': 0, 'dead_letter': 1}}
+    reader.close()
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ class QueueDepthReader:
                 self._cached = self._read_all()
                 self._read_at = self.clock()
             return self._cached
+
+    def close(self) -> None:
+        """Close the connection kept between scrapes (the next read opens a new one)."""
+        with self._lock:
+            self._disconnect()
 
     def _read_all(self) -> Depths:
         try:

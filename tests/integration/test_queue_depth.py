@@ -38,7 +38,10 @@ def test_reads_ready_delayed_and_dead_letter_depths(rabbitmq_url: str, probe_que
     reader = QueueDepthReader(lambda: checking_parameters(rabbitmq_url, 2.0), lambda: [probe_queue])
 
     # When a scrape reads its depths
-    depths = reader.read()
+    try:
+        depths = reader.read()
+    finally:
+        reader.close()  # its connection, kept between scrapes, would be left to the garbage collector
 
     # Then each state has its count (a queue not declared counts 0)
     assert depths == {probe_queue: {"ready": 3, "delayed": 0, "dead_letter": 1}}
