@@ -42,6 +42,7 @@ from observability.metric_families import CAPACITY, OUTCOMES, REJECTED, TASKS
 from observability.periodic import Periodic
 from observability.redelivery_report import RedeliveryReport
 from observability.task_figures import Finished, Series, Started, TaskFigures, Waited
+from observability.task_logging import skip_outcome
 from observability.thread_watch import ThreadWatch
 from observability.worker_registry import READY, STOPPING, WorkerRegistry
 
@@ -52,6 +53,8 @@ FLUSH_INTERVAL_SECONDS = 0.1
 
 #: Message option: epoch milliseconds at which the message became due (set on every enqueue).
 READY_AT_OPTION = "greenroom_ready_at"
+#: Message option: epoch milliseconds at which a delayed message is due (``shared.delays.DUE_AT_OPTION``).
+DUE_AT_OPTION = "greenroom_due_at"
 
 
 class Metrics(Middleware):
@@ -131,7 +134,11 @@ class Metrics(Middleware):
     def before_enqueue(
         self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int | None
     ) -> None:
-        message.options[READY_AT_OPTION] = message.options.get("eta") or int(self.clock() * 1000)
+        """The message is ready when enqueued, or when due if it is delayed (the delay ladder's
+        ``greenroom_due_at``, Dramatiq's ``eta``): queue wait counts from then."""
+        options = message.options
+        due_at = options.get(DUE_AT_OPTION) or options.get("eta") or 0
+        options[READY_AT_OPTION] = int(max(self.clock() * 1000, due_at))
 
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         series = self._series_of(message)
@@ -156,7 +163,7 @@ class Metrics(Middleware):
         self._finish(message, "failure" if message.failed else "retry")
 
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
-        self._finish(message, "failure" if message.failed else "skipped")  # failure: dead-lettered
+        self._finish(message, skip_outcome(broker, message).outcome)  # skipped, throttled or failure
 
     def after_reject_message(self, broker: dramatiq.Broker, queue_name: str, rejection: Any) -> None:
         """A body failed its checks on arrival (:mod:`shared.runtime.consumer`); rare, so counted at once."""
@@ -168,7 +175,7 @@ class Metrics(Middleware):
 
     def _finish(self, message: MessageProxy, outcome: str) -> None:
         started = self.figures.started.pop(threading.get_ident(), None)
-        if started is None:  # skipped before this middleware's before_process_message ran
+        if started is None or outcome == "throttled":  # skipped before it started, or not run: no duration
             self._note(Finished(self._series_of(message), outcome, None, None))
             return
         seconds = time.perf_counter() - started.at

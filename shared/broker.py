@@ -23,7 +23,11 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import dramatiq
-from dramatiq.brokers.rabbitmq import MAX_ENQUEUE_ATTEMPTS, RabbitmqBroker
+import pika
+import pika.exceptions
+from dramatiq.brokers.rabbitmq import MAX_DECLARE_ATTEMPTS, MAX_ENQUEUE_ATTEMPTS, RabbitmqBroker
+from dramatiq.common import current_millis, q_name
+from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import (
     AgeLimit,
     AsyncIO,
@@ -40,6 +44,7 @@ from dramatiq.results import ResultBackend, Results
 from opentelemetry.trace import TracerProvider
 
 from observability.task_logging import TaskLogging
+from shared import delays
 from shared.dramatiq_compat import DeadLetterArgumentsBroker
 from shared.queue_arguments import dead_letter_arguments
 from shared.settings import Settings
@@ -59,6 +64,10 @@ class GreenroomBroker(DeadLetterArgumentsBroker):
     arguments: after changing the retention, delete the ``.XQ`` queues (empty
     them with ``greenroom dlq replay --all`` first) or apply a RabbitMQ policy
     (:mod:`shared.service_refusals` says so in one line).
+
+    Delayed and retrying messages wait on the TTL ladder (:mod:`shared.delays`), not in
+    ``<queue>.DQ``: :meth:`declare_queue` declares the ladder and binds the queue to it,
+    :meth:`enqueue` publishes a message that is not yet due on it.
     """
 
     def __init__(self, *, dead_letter_ttl_ms: int, max_message_bytes: int, **options: Any) -> None:
@@ -67,6 +76,9 @@ class GreenroomBroker(DeadLetterArgumentsBroker):
         super().__init__(**options)
         self.dead_letter_ttl_ms = dead_letter_ttl_ms
         self.max_message_bytes = max_message_bytes
+        self._ladder_declared = False
+        self._on_ladder: set[str] = set()  # queues bound to the ladder's deliver exchange
+        self._declaring_ladder = threading.Lock()
 
     # Dramatiq calls every hook of every middleware for each signal, most of them
     # the base class's no-ops: four signals per message times a dozen middleware.
@@ -117,6 +129,92 @@ class GreenroomBroker(DeadLetterArgumentsBroker):
 
     def dead_letter_queue_arguments(self) -> dict[str, Any]:
         return dead_letter_arguments(self.dead_letter_ttl_ms)
+
+    def declare_queue(self, queue_name: str, *, ensure: bool = False) -> None:
+        """Dramatiq's declare; with ``ensure``, also the delay ladder (once per broker) and the
+        queue's binding to it."""
+        canonical = q_name(queue_name)
+        if canonical in self.queues_pending:  # (re)declared: a queue declared anew has no binding
+            self._on_ladder.discard(canonical)
+        super().declare_queue(queue_name, ensure=ensure)
+        if ensure and canonical not in self._on_ladder:
+            self._join_ladder(canonical)
+
+    def _join_ladder(self, queue_name: str) -> None:
+        attempts = 0
+        while True:
+            try:
+                with self._declaring_ladder:
+                    if not self._ladder_declared:
+                        delays.declare_ladder(self.channel)
+                        self._ladder_declared = True
+                    delays.bind_queue(self.channel, queue_name)
+                    self._on_ladder.add(queue_name)
+                return
+            except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as e:
+                del self.connection
+                attempts += 1
+                if attempts >= MAX_DECLARE_ATTEMPTS:
+                    raise ConnectionClosed(e) from None
+                self.logger.debug("Retrying the delay ladder's declaration due to closed connection.")
+
+    def _leave_ladder(self) -> None:
+        """The ladder or a binding is gone (a publish on it was unroutable): declare it again."""
+        with self._declaring_ladder:
+            self._ladder_declared = False
+            self._on_ladder.clear()
+
+    def enqueue(self, message: dramatiq.Message[Any], *, delay: int | None = None) -> dramatiq.Message[Any]:
+        """Enqueue ``message``; one delayed ``delay`` ms, or whose ``greenroom_due_at`` is
+        still ahead, goes on the delay ladder with its due time (and no ``eta``: Dramatiq's
+        worker would hold such a message in memory). Others are published as Dramatiq does.
+
+        Raises ConnectionClosed after MAX_ENQUEUE_ATTEMPTS failed publishes, as Dramatiq does.
+        """
+        now = current_millis()
+        if delay is not None and delay > 0:
+            message = message.copy(
+                queue_name=q_name(message.queue_name), options={delays.DUE_AT_OPTION: now + delay}
+            )
+            message.options.pop("eta", None)
+        if delays.remaining_ms(message.options, now) == 0:
+            return super().enqueue(message)
+        return self._enqueue_delayed(message, delay)
+
+    def _enqueue_delayed(self, message: dramatiq.Message[Any], delay: int | None) -> dramatiq.Message[Any]:
+        """Dramatiq's publish loop (hooks, confirms, retries on a new connection), on the ladder."""
+        queue_name = q_name(message.queue_name)
+        attempts = 0
+        while True:
+            try:
+                self.declare_queue(queue_name, ensure=True)
+                exchange, routing_key = delays.publish_target(queue_name, message.options, current_millis())
+                self.logger.debug("Enqueueing message %r on the delay ladder.", message.message_id)
+                self.emit_before("enqueue", message, delay)
+                self.channel.basic_publish(
+                    exchange=exchange,
+                    routing_key=routing_key,
+                    body=message.encode(),
+                    properties=pika.BasicProperties(
+                        delivery_mode=2, priority=message.options.get("broker_priority")
+                    ),
+                    mandatory=self.confirm_delivery,
+                )
+                self.emit_after("enqueue", message, delay)
+                return message
+            except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as e:
+                del self.connection
+                if isinstance(e, pika.exceptions.UnroutableError):
+                    self.queues_pending.add(queue_name)
+                    self._leave_ladder()
+                attempts += 1
+                if attempts >= MAX_ENQUEUE_ATTEMPTS:
+                    raise ConnectionClosed(e) from None
+                self.logger.debug(
+                    "Retrying enqueue due to closed connection. [%d/%d] attempts made so far.",
+                    attempts,
+                    MAX_ENQUEUE_ATTEMPTS,
+                )
 
 
 def _owner(hook: Callable[..., Any]) -> object:

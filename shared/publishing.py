@@ -42,9 +42,10 @@ import dramatiq
 import pika
 import pika.exceptions
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.common import current_millis
 from dramatiq.errors import ConnectionClosed
 
-from shared import pika_compat
+from shared import delays, pika_compat
 
 #: Messages written to the socket together before pika flushes them.
 CHUNK_SIZE = 256
@@ -148,7 +149,9 @@ def write_messages(
     confirmations: Confirmations | None = None,
 ) -> None:
     """Hand ``messages`` to pika's buffer for ``channel`` (persistent, as Dramatiq publishes
-    them); the next processing of the connection's events writes them out.
+    them); the next processing of the connection's events writes them out. A message whose
+    ``greenroom_due_at`` is still ahead goes on the delay ladder (:mod:`shared.delays`; the
+    caller declared its queue with ``broker.declare_queue(queue, ensure=True)``).
 
     On the public path (``confirmations`` not pipelined) each publish waits for its
     confirm instead, and counts it in ``confirmations``. Middleware hooks run per
@@ -158,10 +161,11 @@ def write_messages(
     target = channel if waiting else pika_compat.buffering_channel(channel)
     for message in messages:
         broker.emit_before("enqueue", message, None)
+        exchange, routing_key = delays.publish_target(message.queue_name, message.options, current_millis())
         try:
             target.basic_publish(
-                exchange="",
-                routing_key=message.queue_name,
+                exchange=exchange,
+                routing_key=routing_key,
                 body=message.encode(),
                 properties=pika.BasicProperties(
                     delivery_mode=2, priority=message.options.get("broker_priority")

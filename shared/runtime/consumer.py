@@ -29,6 +29,11 @@ before it runs; that callback sends
 
 So no message is acked before it finished, and none that failed is acked.
 
+**Never early.** A message that arrives before its ``greenroom_due_at`` (the delay
+ladder of :mod:`shared.delays` delivers on time, but the producer's clock may run
+ahead of the worker's) is published on the ladder again for the rest of its delay
+and acked, without reaching a worker thread; one DEBUG line says so.
+
 **Message fields as plain attributes.** Dramatiq's message proxy reads every
 field through ``__getattr__`` after a failed normal lookup; the proxy here holds
 the seven fields as attributes, where normal lookup finds them.
@@ -54,6 +59,7 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.common import q_name
 from dramatiq.errors import ConnectionClosed
 
+from shared import delays
 from shared.runtime.message_checks import EXCERPT_CHARS, MessageRejected, checked_message, excerpt
 
 logger = logging.getLogger("greenroom.consumer")
@@ -97,6 +103,8 @@ class GreenroomConsumer(Consumer):
         self._finished: list[tuple[int, bool]] = []  # (delivery tag, acked?) in finishing order
         self._flush_scheduled = False
         self._loss_reported = False
+        #: Messages that arrived before they were due and went back on the delay ladder.
+        self.delayed_again = 0
         try:
             self.connection = pika.BlockingConnection(parameters=broker.parameters)
             self.channel = self.connection.channel()
@@ -130,8 +138,28 @@ class GreenroomConsumer(Consumer):
             reason = f"could not be checked ({type(error).__name__})"
             self._reject(method.delivery_tag, body, MessageRejected("body", reason))
             return None
+        if delays.remaining_ms(message.options, int(time.time() * 1000)) > 0:
+            self._delay_again(method.delivery_tag, message)
+            return None
         self.unsettled.add(method.delivery_tag)
         return DeliveredMessage(self, method.delivery_tag, method.redelivered, message)
+
+    def _delay_again(self, tag: int, message: Any) -> None:
+        """A message that arrived before its ``greenroom_due_at`` (clock skew between hosts, a
+        forged option) goes back on the delay ladder for the rest of its delay, then is acked:
+        it never runs early. A failed publish raises ConnectionClosed before the ack, so the
+        consumer restarts and RabbitMQ redelivers it."""
+        remaining = delays.remaining_ms(message.options, int(time.time() * 1000))
+        self.broker.enqueue(message.copy(queue_name=q_name(message.queue_name)))
+        self.delayed_again += 1
+        logger.debug(
+            "Message %s arrived %d ms early on %r: back on the delay ladder",
+            message.message_id,
+            remaining,
+            self.queue_name,
+            extra={"queue": self.queue_name, "message_id": message.message_id, "early_ms": remaining},
+        )
+        self._finish(tag, acked=True, known=False)
 
     def _queue_of_actor(self, name: str) -> str | None:
         actor = self.broker.actors.get(name)
