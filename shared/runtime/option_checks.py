@@ -130,6 +130,7 @@ OPTION_CHECKS: dict[str, OptionCheck] = {
     "traceback": _text,
     "requeue_timestamp": _recent,
     "greenroom_ready_at": _recent,
+    "greenroom_due_at": _recent,
     "broker_priority": _integer(0, 255),
     "delay": _integer(0, MAX_ETA_AHEAD_MS),
     "pipe_target": _pipe_target,
