@@ -8,6 +8,7 @@ A missing service fails the tests loudly; nothing is skipped.
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -29,6 +30,15 @@ from shared.settings import Settings, load_settings
 
 RABBITMQ_HOST = os.environ.get("GREENROOM_TEST_RABBITMQ", "127.0.0.1:5672")
 REDIS_TEST_URL = os.environ.get("GREENROOM_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _collect_what_each_module_leaves() -> Iterator[None]:
+    """Collect garbage after each test module: a connection or socket a module leaves
+    unclosed then fails that module's last test (warnings are errors here), not whichever
+    later test the garbage collector happens to run in."""
+    yield
+    gc.collect()
 
 
 def _rabbitmqctl(*args: str) -> None:
