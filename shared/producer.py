@@ -2,10 +2,14 @@
 
 With RabbitMQ, Redis and a worker running (see the README)::
 
-    from shared.producer import send, send_many, result_of
+    from datetime import datetime, timezone
+    from shared.producer import send, send_many, send_with_options, result_of
 
     handle = send("echo", payload={"x": 1})
     handle.result(timeout=5)                           # {'x': 1}
+    send_with_options("echo", {"payload": 1}, delay=30)             # runs in 30 s
+    send_with_options("echo", {"payload": 1}, eta=datetime(2026, 12, 24, 18, tzinfo=timezone.utc))
+    send_with_options("echo", {"payload": 1}, priority=5)           # QUEUE_MAX_PRIORITIES=default=9
     handles = send_many("echo", [{"payload": i} for i in range(3)])
     [h.result(timeout=5) for h in handles]             # [0, 1, 2]
     result_of("echo", handle.message_id, timeout=5)    # when only the id was kept: {'x': 1}
@@ -24,22 +28,31 @@ shared.errors.UnknownTask: unknown task 'ecko' (known tasks: ...)
 Traceback (most recent call last):
   ...
 shared.errors.InvalidTaskArguments: invalid arguments for task 'echo': NaN and Infinity are not JSON numbers
+>>> from datetime import timezone
+>>> producer.send_with_options("echo", {"payload": 1}, delay=30, eta=datetime.now(timezone.utc))
+Traceback (most recent call last):
+  ...
+shared.errors.InvalidParameter: delay: give delay or eta, not both
 >>> producer.close()
 
 Arguments are strict JSON: NaN, Infinity, strings that are not Unicode text (a
 lone surrogate) and integers too long to encode are refused with
 InvalidTaskArguments (:mod:`shared.producer_checks`). With publisher confirms
 on (BROKER_CONFIRM_DELIVERY, the default) ``send`` returning means RabbitMQ has
-the message. Every error raised here is a GreenroomError.
+the message. A send's options (a delay or an ETA, a priority) are checked
+before publishing too, raising InvalidParameter. Every error raised here is a
+GreenroomError.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import dramatiq
@@ -57,6 +70,7 @@ from shared.broker import build_broker, build_result_backend
 from shared.errors import (
     InvalidParameter,
     InvalidSettings,
+    InvalidTaskArguments,
     PublishError,
     PublishRefused,
     ResultRefused,
@@ -65,7 +79,15 @@ from shared.errors import (
     TaskFailed,
     UnknownTask,
 )
-from shared.producer_checks import check_message_id, keyword_batch, task_message, timeout_seconds
+from shared.producer_checks import (
+    check_message_id,
+    due_at_ms,
+    keyword_batch,
+    message_priority,
+    send_options,
+    task_message,
+    timeout_seconds,
+)
 from shared.publishing import BatchPublisher
 from shared.results import RedisResultBackend
 from shared.service_refusals import outage_line, redis_refusal_line, refusal_line
@@ -131,16 +153,53 @@ class Producer:
         self.backend: RedisResultBackend = build_result_backend(self.settings)
 
     def send(self, task: str, /, **kwargs: Any) -> TaskHandle:
-        """Validate ``kwargs`` against the contract of ``task`` and publish it. For example::
+        """Validate ``kwargs`` against the contract of ``task`` and publish it (with the
+        contract's priority, if it has one). For example::
 
         producer.send("reports.build", report_id="q3", rows=10_000).message_id   # '0c1f5a3e-...'
         """
+        return self.send_with_options(task, kwargs)
+
+    def send_with_options(
+        self,
+        task: str,
+        kwargs: Mapping[str, Any],
+        *,
+        delay: float | timedelta | None = None,
+        eta: datetime | None = None,
+        priority: int | None = None,
+    ) -> TaskHandle:
+        """Like :meth:`send`, with the task's arguments as a mapping and a send's options.
+
+        ``delay``: seconds (a finite number, 0 to 7 days) or a timedelta; ``eta``: an
+        aware datetime (an ETA passed runs now); one or the other. The message waits
+        in RabbitMQ, not in a worker, and runs no earlier than due. ``priority``: 0
+        up to the maximum its queue has in QUEUE_MAX_PRIORITIES (higher runs first;
+        without it, the contract's priority, else 0). A bad option raises
+        InvalidParameter and nothing is published. For example::
+
+            producer.send_with_options("echo", {"payload": 1}, delay=timedelta(minutes=5))
+            producer.send_with_options("reports.build", {"report_id": "q3"}, priority=2)
+        """
         contract = _contract(task)
-        message = task_message(contract, kwargs, max_bytes=self.settings.MAX_MESSAGE_BYTES)
+        options = self._options(contract, delay=delay, eta=eta, priority=priority)
+        if not isinstance(kwargs, Mapping):
+            raise InvalidTaskArguments(
+                contract.name, f"kwargs must be a mapping of keyword arguments, got {type(kwargs).__name__}"
+            )
+        message = task_message(contract, kwargs, max_bytes=self.settings.MAX_MESSAGE_BYTES, options=options)
         self._publish(message)
         return TaskHandle(contract.name, message.message_id, self)
 
-    def send_many(self, task: str, many_kwargs: Iterable[Mapping[str, Any]]) -> list[TaskHandle]:
+    def send_many(
+        self,
+        task: str,
+        many_kwargs: Iterable[Mapping[str, Any]],
+        *,
+        delay: float | timedelta | None = None,
+        eta: datetime | None = None,
+        priority: int | None = None,
+    ) -> list[TaskHandle]:
         """Validate every item first, then publish them all; handles come back in order.
 
         ``many_kwargs`` is an iterable of mappings (a list of dicts, say); if one
@@ -149,14 +208,16 @@ class Producer:
         returns once RabbitMQ has confirmed every message, and rides out a
         broker outage like ``send``, re-sending only what was not confirmed.
         The batch is traced as one ``send <queue>`` span, the parent of every
-        task's consumer span. For example::
+        task's consumer span. ``delay``, ``eta`` and ``priority`` apply to every
+        message, as in :meth:`send_with_options`. For example::
 
             handles = producer.send_many("echo", [{"payload": 1}, {"payload": 2}])
             [h.message_id for h in handles]   # ['6b8e...', 'a41c...']
         """
         contract = _contract(task)
+        options = self._options(contract, delay=delay, eta=eta, priority=priority)
         messages = [
-            task_message(contract, kwargs, max_bytes=self.settings.MAX_MESSAGE_BYTES)
+            task_message(contract, kwargs, max_bytes=self.settings.MAX_MESSAGE_BYTES, options=options)
             for kwargs in keyword_batch(contract, many_kwargs)
         ]
         tracing = self._tracing()
@@ -207,6 +268,13 @@ class Producer:
             raise ResultUnavailable(contract.name, message_id, "the stored result is not valid") from None
         except ResultFailure as failure:
             raise TaskFailed(contract.name, message_id, failure.orig_exc_type, failure.orig_exc_msg) from None
+
+    def _options(
+        self, contract: TaskContract, *, delay: object, eta: object, priority: object
+    ) -> dict[str, Any]:
+        due_at = due_at_ms(delay=delay, eta=eta, now_ms=int(time.time() * 1000))
+        chosen = message_priority(contract, priority, self.settings.QUEUE_MAX_PRIORITIES)
+        return send_options(due_at=due_at, priority=chosen)
 
     def close(self) -> None:
         """Close RabbitMQ connections and the Redis connection pool."""
@@ -294,12 +362,35 @@ def send(task: str, /, **kwargs: Any) -> TaskHandle:
     return default_producer().send(task, **kwargs)
 
 
-def send_many(task: str, many_kwargs: Iterable[Mapping[str, Any]]) -> list[TaskHandle]:
+def send_with_options(
+    task: str,
+    kwargs: Mapping[str, Any],
+    *,
+    delay: float | timedelta | None = None,
+    eta: datetime | None = None,
+    priority: int | None = None,
+) -> TaskHandle:
+    """Publish one task with options with the default producer. See
+    :meth:`Producer.send_with_options`. For example::
+
+    send_with_options("echo", {"payload": 1}, delay=90).message_id   # runs in 90 s
+    """
+    return default_producer().send_with_options(task, kwargs, delay=delay, eta=eta, priority=priority)
+
+
+def send_many(
+    task: str,
+    many_kwargs: Iterable[Mapping[str, Any]],
+    *,
+    delay: float | timedelta | None = None,
+    eta: datetime | None = None,
+    priority: int | None = None,
+) -> list[TaskHandle]:
     """Publish a batch with the default producer. See :meth:`Producer.send_many`. For example::
 
     handles = send_many("echo", [{"payload": i} for i in range(100)])
     """
-    return default_producer().send_many(task, many_kwargs)
+    return default_producer().send_many(task, many_kwargs, delay=delay, eta=eta, priority=priority)
 
 
 def result_of(task: str, message_id: str, *, timeout: float = DEFAULT_RESULT_TIMEOUT) -> Any:

@@ -3,7 +3,8 @@
 An outage (connection refused, reset, timed out) passes: workers reconnect,
 ``send`` retries. A refusal does not pass by waiting: a login RabbitMQ rejects,
 a vhost or queue the user may not use (RABBITMQ_URL), a dead-letter queue kept with
-another TTL (DEAD_LETTER_TTL_SECONDS), a Redis login or database Redis rejects
+another TTL (DEAD_LETTER_TTL_SECONDS), a queue kept with other priorities
+(QUEUE_MAX_PRIORITIES), a Redis login or database Redis rejects
 (REDIS_URL). Left to the retry loops, a worker would start, call itself ready
 and restart its consumers every 3 seconds for good (or hold every result it
 stores for RESULT_STORE_RETRY_SECONDS), and ``send`` would retry for
@@ -53,7 +54,9 @@ def refusal_line(error: BaseException, settings: Settings) -> str | None:
         and cause.reply_code == PRECONDITION_FAILED
         and "inequivalent arg" in cause.reply_text
     ):
-        return explain_refusal(cause.reply_text, settings.DEAD_LETTER_TTL_SECONDS)
+        return explain_refusal(
+            cause.reply_text, settings.DEAD_LETTER_TTL_SECONDS, settings.QUEUE_MAX_PRIORITIES
+        )
     if isinstance(cause, pika.exceptions.ChannelClosedByBroker) and cause.reply_code == ACCESS_REFUSED:
         return f"{where}: RabbitMQ refused this user: {cause.reply_text}"
     return None

@@ -62,6 +62,8 @@ DEFAULT_BSP_MAX_QUEUE_SIZE = 2048
 #: The largest OTEL_BSP_* span count and the longest OTEL_BSP_* delay (ms) the settings accept.
 MAX_BSP_SPANS = 1_000_000
 MAX_BSP_MILLIS = 600_000
+#: The highest x-max-priority RabbitMQ accepts on a queue.
+MAX_QUEUE_PRIORITY = 255
 
 
 class Settings(BaseSettings):
@@ -95,6 +97,7 @@ class Settings(BaseSettings):
     )
     RESULT_TTL_SECONDS: int = Field(default=3600, gt=0, le=MAX_RETENTION_SECONDS)
     RESULT_STORE_RETRY_SECONDS: float = Field(default=30.0, ge=0, le=600)
+    QUEUE_MAX_PRIORITIES: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict)
 
     # Worker processes -----------------------------------------------------------
     WORKER_PROCESSES: int = Field(default=2, ge=1, le=256)
@@ -206,6 +209,21 @@ class Settings(BaseSettings):
                 raise ValueError(f"{name!r} is not a valid queue name")
         return value
 
+    @field_validator("QUEUE_MAX_PRIORITIES", mode="before")
+    @classmethod
+    def _queue_priorities(cls, value: Any) -> Any:
+        return parse_queue_priorities(value) if isinstance(value, str) else value
+
+    @field_validator("QUEUE_MAX_PRIORITIES")
+    @classmethod
+    def _priority_ranges(cls, value: dict[str, int]) -> dict[str, int]:
+        for name, maximum in value.items():
+            if not _QUEUE_NAME.fullmatch(name) or name.endswith((".DQ", ".XQ")):
+                raise ValueError(f"{name!r} is not a valid queue name")
+            if not 1 <= maximum <= MAX_QUEUE_PRIORITY:
+                raise ValueError(f"{name}: the maximum priority must be from 1 to {MAX_QUEUE_PRIORITY}")
+        return value
+
     @model_validator(mode="after")
     def _no_default_credentials_in_production(self) -> Settings:
         if self.ENVIRONMENT == "production" and rabbitmq_credentials(self.rabbitmq_url) == (
@@ -288,6 +306,27 @@ class Settings(BaseSettings):
             if shown[name]:
                 shown[name] = redact_url(shown[name])
         return shown
+
+
+def parse_queue_priorities(text: str) -> dict[str, int]:
+    """QUEUE_MAX_PRIORITIES as written, ``queue=maximum`` pairs separated by commas or spaces.
+
+    >>> parse_queue_priorities("default=9, reports=3")
+    {'default': 9, 'reports': 3}
+    >>> parse_queue_priorities("default")
+    Traceback (most recent call last):
+      ...
+    ValueError: 'default' is not queue=maximum (e.g. default=9,reports=3)
+    """
+    priorities: dict[str, int] = {}
+    for pair in (item for item in re.split(r"[,\s]+", text) if item):
+        name, equals, maximum = pair.partition("=")
+        if not equals or not (maximum.isascii() and maximum.isdigit()):
+            raise ValueError(f"{pair!r} is not queue=maximum (e.g. default=9,reports=3)")
+        if name in priorities:
+            raise ValueError(f"queue {name!r} is given twice")
+        priorities[name] = int(maximum) if len(maximum) <= 4 else MAX_QUEUE_PRIORITY + 1  # out of range
+    return priorities
 
 
 def _describe(error: ErrorDetails) -> str:

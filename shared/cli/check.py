@@ -57,17 +57,23 @@ def _check_rabbitmq(settings: Settings) -> tuple[int, str]:
     from shared.connections import checking_connection
     from shared.errors import BrokerRefused, BrokerUnavailable
     from shared.pika_compat import server_properties
+    from shared.queue_arguments import priority_mismatch
     from shared.service_refusals import outage_line
+    from shared.tasks import TASKS
 
     where = redact_url(settings.rabbitmq_url)
     try:
         with checking_connection(settings) as connection:
             version = server_properties(connection).get("version", b"?")
+            queues = sorted({task.queue for task in TASKS.values()})
+            mismatch = priority_mismatch(connection, queues, settings.QUEUE_MAX_PRIORITIES)
     except BrokerRefused as refused:
         return EXIT_USAGE, f"rabbitmq REFUSED {refused}"
     except Exception as error:  # any failure is the answer we report
         cause = error.__cause__ if isinstance(error, BrokerUnavailable) and error.__cause__ else error
         return EXIT_FAILED, f"rabbitmq FAILED {where}: {outage_line(cause)}"
+    if mismatch is not None:  # a queue kept with other priorities than QUEUE_MAX_PRIORITIES gives it
+        return EXIT_USAGE, f"rabbitmq REFUSED {mismatch}"
     return (
         EXIT_OK,
         f"rabbitmq ok {where} (RabbitMQ {version.decode() if isinstance(version, bytes) else version})",

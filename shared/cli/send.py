@@ -2,6 +2,8 @@
 
 $ greenroom send echo --kwargs '{"payload": {"x": 1}}' --wait --timeout 5
 {"x": 1}
+$ greenroom send echo --kwargs '{"payload": 1}' --delay 5m
+0c1f5a3e-2b8d-4c1e-9a57-6f0d2e3b9c41
 """
 
 from __future__ import annotations
@@ -9,7 +11,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from shared.cli.arguments import add_command, json_object, positive_float
+from shared.cli.arguments import (
+    add_command,
+    aware_datetime,
+    duration_seconds,
+    json_object,
+    positive_float,
+    priority_number,
+)
 from shared.cli.output import EXIT_OK, failed, print_json
 from shared.errors import GreenroomError
 from shared.settings import Settings
@@ -26,6 +35,25 @@ def register(commands: Any) -> None:
     send.add_argument(
         "--kwargs", type=json_object, default={}, metavar="JSON", help="keyword arguments as a JSON object"
     )
+    when = send.add_mutually_exclusive_group()
+    when.add_argument(
+        "--delay",
+        type=duration_seconds,
+        metavar="D",
+        help="run no earlier than D from now: seconds (30, 1.5) or 30s, 5m, 2h, 7d (at most 7 days)",
+    )
+    when.add_argument(
+        "--eta",
+        type=aware_datetime,
+        metavar="TIME",
+        help="run no earlier than TIME, ISO 8601 with Z or an offset (2026-12-24T18:00:00Z)",
+    )
+    send.add_argument(
+        "--priority",
+        type=priority_number,
+        metavar="N",
+        help="message priority, 0 up to the queue's maximum in QUEUE_MAX_PRIORITIES (higher runs first)",
+    )
     send.add_argument("--wait", action="store_true", help="wait for the result and print it as JSON")
     send.add_argument(
         "--timeout",
@@ -38,12 +66,14 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    """Send one task; with --wait print its result as JSON."""
+    """Send one task (with --delay, --eta or --priority if given); with --wait print its result as JSON."""
     from shared.producer import Producer
 
     producer = Producer(settings)
     try:
-        handle = producer.send(args.task, **args.kwargs)
+        handle = producer.send_with_options(
+            args.task, args.kwargs, delay=args.delay, eta=args.eta, priority=args.priority
+        )
         if not args.wait:
             print(handle.message_id)
             return EXIT_OK

@@ -1,10 +1,10 @@
 """Before ``greenroom worker`` starts: do RabbitMQ and Redis accept its settings?
 
 A worker RabbitMQ or Redis refuses (a login, a vhost, a permission, a dead-letter
-queue kept with another TTL, a Redis database) would start, call itself ready and
-retry for good; ``greenroom worker`` instead prints the line :func:`check_services`
-returns and exits 2. A service that cannot be reached at all passes: that is an
-outage, and the worker connects once it can.
+queue kept with another TTL, a queue kept with other priorities, a Redis database)
+would start, call itself ready and retry for good; ``greenroom worker`` instead
+prints the line :func:`check_services` returns and exits 2. A service that cannot
+be reached at all passes: that is an outage, and the worker connects once it can.
 
 Example (not run here: it needs RabbitMQ and Redis)::
 
@@ -18,17 +18,17 @@ from collections.abc import Iterable
 
 from shared.connections import checking_connection, checking_redis
 from shared.errors import BrokerRefused, BrokerUnavailable
-from shared.queue_arguments import dead_letter_mismatch
+from shared.queue_arguments import dead_letter_mismatch, priority_mismatch
 from shared.service_refusals import redis_refusal_line
 from shared.settings import Settings
 
 
 def check_services(settings: Settings, queues: Iterable[str], *, stores_results: bool) -> str | None:
-    """None when RabbitMQ accepts the login, the vhost and the dead-letter queues of
-    ``queues`` as the settings describe them, and (if the worker ``stores_results``)
-    Redis its login and database; else the line to print. A service that cannot be
-    reached at all passes. Declares the dead-letter queues the worker would declare
-    next, nothing else.
+    """None when RabbitMQ accepts the login, the vhost, the dead-letter queues of
+    ``queues`` and the priorities of those that exist as the settings describe them,
+    and (if the worker ``stores_results``) Redis its login and database; else the line
+    to print. A service that cannot be reached at all passes. Declares the dead-letter
+    queues the worker would declare next, nothing else.
     """
     return _rabbitmq_refusal(settings, queues) or (_redis_refusal(settings) if stores_results else None)
 
@@ -36,7 +36,10 @@ def check_services(settings: Settings, queues: Iterable[str], *, stores_results:
 def _rabbitmq_refusal(settings: Settings, queues: Iterable[str]) -> str | None:
     try:
         with checking_connection(settings) as connection:
-            return dead_letter_mismatch(connection, queues, settings.DEAD_LETTER_TTL_SECONDS)
+            queues = list(queues)
+            return dead_letter_mismatch(
+                connection, queues, settings.DEAD_LETTER_TTL_SECONDS
+            ) or priority_mismatch(connection, queues, settings.QUEUE_MAX_PRIORITIES)
     except BrokerRefused as refused:  # a login, a vhost, a permission the user lacks
         return str(refused)
     except BrokerUnavailable:  # an outage: left to the worker's reconnects

@@ -1,5 +1,6 @@
 """shared.dramatiq_compat against the installed Dramatiq and a real RabbitMQ: fails when Dramatiq
-stops declaring dead-letter queues through the method the adapter overrides."""
+stops declaring dead-letter queues, or building queue arguments, through the methods the adapter
+overrides."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ import pika
 import pika.exceptions
 import pytest
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from prometheus_client import REGISTRY  # imported first: fallbacks set the gauge once it is loaded
 
 from observability.fallbacks import reported
 from shared import dramatiq_compat
-from shared.dramatiq_compat import DECLARE_XQ_METHOD, DeadLetterArgumentsBroker
+from shared.dramatiq_compat import BUILD_ARGUMENTS_METHOD, DECLARE_XQ_METHOD, DeadLetterArgumentsBroker
+from shared.queue_arguments import queue_arguments
 from tests.support import delete_queues
 
 TTL_MS = 123_000
@@ -83,6 +86,74 @@ def test_a_dramatiq_without_the_method_is_reported_loudly(
     [line] = caplog.messages
     assert line.startswith("dead-letter queue arguments: fast path unavailable")
     assert "has no RabbitmqBroker._declare_xq_queue_renamed" in line
-    from prometheus_client import REGISTRY
-
     assert REGISTRY.get_sample_value("greenroom_degraded", {"component": "dead-letter queue arguments"}) == 1
+
+
+def _declare(rabbitmq_url: str, name: str, arguments: dict[str, Any]) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
+    try:
+        connection.channel().queue_declare(name, durable=True, arguments=arguments)
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+def test_dramatiq_still_builds_queue_arguments_through_the_method_the_adapter_overrides() -> None:
+    # Given: Dramatiq's own arguments, which queue_arguments() repeats for the start-up checks
+    method = getattr(RabbitmqBroker, BUILD_ARGUMENTS_METHOD)
+    assert list(inspect.signature(method).parameters) == ["self", "queue_name"]
+    assert BUILD_ARGUMENTS_METHOD in inspect.getsource(RabbitmqBroker._declare_queue)
+    assert BUILD_ARGUMENTS_METHOD in inspect.getsource(RabbitmqBroker._declare_dq_queue)
+    plain = RabbitmqBroker(url="amqp://guest:guest@127.0.0.1:5672/%2F", middleware=[])
+    prioritised = RabbitmqBroker(url="amqp://guest:guest@127.0.0.1:5672/%2F", middleware=[], max_priority=7)
+    try:
+        # Then
+        assert plain._build_queue_arguments("q") == queue_arguments("q", None)
+        assert prioritised._build_queue_arguments("q") == queue_arguments("q", 7)
+    finally:
+        plain.close()
+        prioritised.close()
+
+
+def test_declaring_a_queue_gives_it_and_its_dq_their_own_max_priority(rabbitmq_url: str, queue: str) -> None:
+    # Given: priorities for this queue only
+    broker = Broker(url=rabbitmq_url, middleware=[], queue_max_priorities={queue: 4})
+    try:
+        # When
+        broker.declare_queue(queue, ensure=True)
+        broker.declare_queue(f"{queue}-plain", ensure=True)
+    finally:
+        broker.close()
+
+    # Then: RabbitMQ holds the queue and its .DQ with x-max-priority 4, the other queue without
+    try:
+        for name in (queue, f"{queue}.DQ"):
+            _declare(rabbitmq_url, name, queue_arguments(queue, 4))
+            with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
+                _declare(rabbitmq_url, name, queue_arguments(queue, 5))
+            assert refused.value.reply_code == 406
+        _declare(rabbitmq_url, f"{queue}-plain", queue_arguments(f"{queue}-plain", None))
+    finally:
+        delete_queues(rabbitmq_url, f"{queue}-plain")
+    assert "queue priorities" not in reported()
+
+
+def test_a_dramatiq_without_the_arguments_method_is_reported_loudly(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given: a Dramatiq whose RabbitmqBroker no longer builds queue arguments in that method
+    monkeypatch.setattr(dramatiq_compat, "BUILD_ARGUMENTS_METHOD", "_build_queue_arguments_renamed")
+    monkeypatch.setattr("observability.fallbacks._reported", {})
+
+    # When: priorities are asked for (without them, nothing is lost and nothing is said)
+    with caplog.at_level(logging.ERROR, "greenroom.degraded"):
+        Broker(url="amqp://guest:guest@127.0.0.1:5672/%2F", middleware=[]).close()
+        Broker(
+            url="amqp://guest:guest@127.0.0.1:5672/%2F", middleware=[], queue_max_priorities={"q": 3}
+        ).close()
+
+    # Then: one ERROR line and the degraded gauge
+    [line] = caplog.messages
+    assert line.startswith("queue priorities: fast path unavailable")
+    assert "has no RabbitmqBroker._build_queue_arguments_renamed" in line
+    assert REGISTRY.get_sample_value("greenroom_degraded", {"component": "queue priorities"}) == 1

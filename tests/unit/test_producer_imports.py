@@ -26,6 +26,7 @@ PRODUCER_MODULES = {
     "shared.contracts",
     "shared.contracts.diagnostics",
     "shared.contracts.reports",
+    "shared.delays",
     "shared.dramatiq_compat",
     "shared.errors",
     "shared.pika_compat",
