@@ -1,7 +1,9 @@
 """The Prometheus metric families a worker process writes (their names are public interface).
 
 - ``greenroom_tasks_total{queue,actor,outcome}``: outcome is ``success``,
-  ``retry``, ``failure`` (dead-lettered) or ``skipped``.
+  ``retry``, ``failure`` (dead-lettered), ``skipped`` (not run: older than its
+  ``max_age``, say) or ``throttled`` (over a concurrency or rate limit: put back
+  on the queue with a delay, to run later).
 - ``greenroom_task_duration_seconds{queue,actor}``: processing time.
 - ``greenroom_task_queue_wait_seconds{queue,actor}``: from enqueue (or, for a
   delayed or retried message, from when it became due) to the start of processing.
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-OUTCOMES = ("success", "retry", "failure", "skipped")
+OUTCOMES = ("success", "retry", "failure", "skipped", "throttled")
 
 TASKS_NAME = "greenroom_tasks"
 DURATION_NAME = "greenroom_task_duration_seconds"

@@ -13,12 +13,22 @@ Events of the per-task line (field ``event``):
 
 - ``succeeded``: the actor returned.
 - ``retrying``: the actor raised; Dramatiq's Retries middleware scheduled a retry.
-- ``failed``: the actor raised on its last allowed attempt; the message goes
-  to the dead-letter queue.
+- ``failed``: the actor raised on its last allowed attempt, or raised an
+  exception its contract's ``retry_on`` does not list (field ``reason`` says
+  which); the message goes to the dead-letter queue.
 - ``dead-lettered``: the message was rejected without a retry (an exception
   listed in the actor's ``throws`` option, such as arguments that break the
   task contract); it goes to the dead-letter queue.
-- ``skipped``: a middleware skipped the message (for example it was too old).
+- ``skipped``: the message was not run: it was older than its contract's
+  ``max_age`` (Dramatiq's AgeLimit; it goes to the dead-letter queue, so a
+  caller waiting for its result gets a failure at once), or another middleware
+  skipped it.
+- ``throttled``: over its contract's ``concurrency_limit`` or ``rate_limit``
+  (:mod:`shared.runtime.task_limits`): not run now, put back on its queue with a
+  delay (fields ``reason``, ``retry_in_seconds``, ``throttles``); not a failure,
+  its retries untouched.
+
+:func:`skip_outcome` tells a skip's event and metric outcome; Metrics counts with it.
 """
 
 from __future__ import annotations
@@ -30,9 +40,23 @@ from typing import Any, NamedTuple
 
 import dramatiq
 from dramatiq.broker import MessageProxy
+from dramatiq.common import current_millis
 from dramatiq.middleware import Middleware
 
 logger = logging.getLogger("greenroom.task")
+
+#: The option a worker sets on a message it throttles, once its copy is back on the queue:
+#: the task line's fields. Never published (the message is acknowledged) nor accepted on arrival.
+THROTTLED_OPTION = "greenroom_throttled"
+
+
+class SkipOutcome(NamedTuple):
+    """What a skip was: the task line's event, level and fields, and the metric outcome."""
+
+    event: str
+    level: int
+    fields: dict[str, Any]
+    outcome: str
 
 
 class _RunningTask(NamedTuple):  # what TaskLogging keeps of the running task; one per task
@@ -102,14 +126,42 @@ class TaskLogging(Middleware):
         if task is None:
             return
         try:
-            event = "dead-lettered" if message.failed else "skipped"
-            logger.warning(
-                "task %s",
-                event,
-                extra={"event": event, "duration_seconds": round(time.perf_counter() - task.started, 6)},
-            )
+            skip = skip_outcome(broker, message)
+            fields = {**skip.fields, "duration_seconds": round(time.perf_counter() - task.started, 6)}
+            logger.log(skip.level, "task %s", skip.event, extra={"event": skip.event, **fields})
         finally:
             _running.set(None)
+
+
+def skip_outcome(broker: dramatiq.Broker, message: MessageProxy) -> SkipOutcome:
+    """Why ``message`` was skipped: throttled, older than its max_age, dead-lettered or skipped.
+
+    >>> from dramatiq.broker import MessageProxy
+    >>> from dramatiq.brokers.stub import StubBroker
+    >>> proxy = MessageProxy(dramatiq.Message("default", "echo", (), {}, {}))
+    >>> proxy.options[THROTTLED_OPTION] = {"reason": "concurrency_limit 2 reached"}
+    >>> skip_outcome(StubBroker(), proxy)[0::3]
+    ('throttled', 'throttled')
+    """
+    throttled = message.options.get(THROTTLED_OPTION)
+    if isinstance(throttled, dict) and not message.failed:
+        return SkipOutcome("throttled", logging.INFO, dict(throttled), "throttled")
+    if not message.failed:
+        return SkipOutcome("skipped", logging.WARNING, {}, "skipped")
+    max_age = _actor_option(broker, message, "max_age")
+    age_ms = current_millis() - message.message_timestamp
+    if isinstance(max_age, int) and age_ms >= max_age:
+        reason = f"older than its max_age ({max_age / 1000:g} s); dead-lettered"
+        fields = {"reason": reason, "age_seconds": round(age_ms / 1000, 3)}
+        return SkipOutcome("skipped", logging.WARNING, fields, "skipped")
+    return SkipOutcome("dead-lettered", logging.WARNING, {}, "failure")
+
+
+def _actor_option(broker: dramatiq.Broker, message: MessageProxy, name: str) -> Any:
+    try:
+        return broker.get_actor(message.actor_name).options.get(name)
+    except dramatiq.errors.ActorNotFound:
+        return None
 
 
 def _outcome(
@@ -123,7 +175,11 @@ def _outcome(
     if _is_expected(broker, message, exception):
         fields["reason"] = "rejected without retry"
         return "dead-lettered", logging.ERROR, fields
-    fields["reason"] = "retries exhausted"
+    retry_on = getattr(_actor_option(broker, message, "retry_when"), "kinds", None)
+    if isinstance(retry_on, tuple) and not isinstance(exception, retry_on):
+        fields["reason"] = f"not in retry_on ({', '.join(kind.__name__ for kind in retry_on)})"
+    else:
+        fields["reason"] = "retries exhausted"
     return "failed", logging.ERROR, fields
 
 

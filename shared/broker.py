@@ -298,17 +298,20 @@ def middleware_stack(
     first: list[Middleware] = []
     after_task_logging: list[Middleware] = []
     last: list[Middleware] = []
+    limits: list[Middleware] = []  # TaskLimits: after AgeLimit (too old: no slot), before TimeLimit
     retries: Middleware = Retries(**retry_options)
     if role == "worker":
         from shared.runtime.batched_logs import BatchedWorkerLogs
         from shared.runtime.boot_freeze import FreezeBootObjects
         from shared.runtime.metrics_setup import metrics_middleware
         from shared.runtime.retries import RetriesKeepingFailedEnqueues
+        from shared.runtime.task_limits import TaskLimits
         from shared.runtime.term_signals import CoalesceTermSignals
 
         first = [BatchedWorkerLogs()]
         after_task_logging = [metrics_middleware(settings), CoalesceTermSignals()]
         retries = RetriesKeepingFailedEnqueues(**retry_options)
+        limits = [TaskLimits(settings)]
         last = [AsyncIO(), FreezeBootObjects()]
     return [
         *first,
@@ -316,6 +319,7 @@ def middleware_stack(
         TaskLogging(),
         *after_task_logging,
         AgeLimit(),
+        *limits,
         TimeLimit(time_limit=int(settings.TASK_TIME_LIMIT_SECONDS * 1000)),
         ShutdownNotifications(),
         Callbacks(),

@@ -43,21 +43,67 @@ ArgumentsT = TypeVar("ArgumentsT", bound=TaskArguments)
 
 
 def actor_options(contract: TaskContract, settings: Settings) -> dict[str, Any]:
-    """Dramatiq actor options for ``contract`` (durations in milliseconds)."""
+    """Dramatiq actor options for ``contract`` (durations in milliseconds).
+
+    Each policy field is the contract's, else its setting's (TASK_MAX_RETRIES,
+    TASK_MIN_BACKOFF_SECONDS, TASK_MAX_BACKOFF_SECONDS, TASK_TIME_LIMIT_SECONDS,
+    RESULT_TTL_SECONDS); ``max_age`` only when the contract sets one. With
+    ``retry_on``, Dramatiq's ``retry_when`` retries only those exception types
+    (and :class:`dramatiq.Retry`), within ``max_retries``. Priority travels on the
+    message (the producer sets it); concurrency and rate limits are
+    :mod:`shared.runtime.task_limits`' (they are read from the contract).
+
+    >>> from shared.settings import load_settings
+    >>> from shared.contracts.diagnostics import ECHO
+    >>> options = actor_options(ECHO, load_settings(_env_file=None))
+    >>> options["max_retries"], options["time_limit"], "max_age" in options
+    (3, 300000, False)
+    """
 
     def ms(seconds: float) -> int:
         return int(seconds * 1000)
 
+    def either(value: float | None, default: float) -> float:
+        return default if value is None else value
+
     max_retries = settings.TASK_MAX_RETRIES if contract.max_retries is None else contract.max_retries
-    return {
+    min_backoff = either(contract.min_backoff_seconds, settings.TASK_MIN_BACKOFF_SECONDS)
+    max_backoff = max(min_backoff, either(contract.max_backoff_seconds, settings.TASK_MAX_BACKOFF_SECONDS))
+    options: dict[str, Any] = {
         "max_retries": max_retries,
-        "time_limit": ms(contract.time_limit_seconds or settings.TASK_TIME_LIMIT_SECONDS),
-        "min_backoff": ms(contract.min_backoff_seconds or settings.TASK_MIN_BACKOFF_SECONDS),
-        "max_backoff": ms(settings.TASK_MAX_BACKOFF_SECONDS),
+        "time_limit": ms(either(contract.time_limit_seconds, settings.TASK_TIME_LIMIT_SECONDS)),
+        "min_backoff": ms(min_backoff),
+        "max_backoff": ms(max_backoff),
         "store_results": contract.store_results,
-        "result_ttl": settings.RESULT_TTL_SECONDS * 1000,
+        "result_ttl": ms(either(contract.result_ttl_seconds, settings.RESULT_TTL_SECONDS)),
         "throws": (InvalidTaskArguments,),
     }
+    if contract.max_age_seconds is not None:
+        options["max_age"] = ms(contract.max_age_seconds)
+    if contract.retry_on is not None:
+        options["retry_when"] = RetryOn(contract.retry_on, max_retries)
+    return options
+
+
+class RetryOn:
+    """Dramatiq's ``retry_when`` predicate: retry ``kinds`` (and ``dramatiq.Retry``), ``max_retries`` times.
+
+    ``retries`` is how many times the message has been retried before this failure.
+
+    >>> retry = RetryOn((ConnectionError,), max_retries=2)
+    >>> retry(0, ConnectionResetError()), retry(2, ConnectionError()), retry(0, ValueError())
+    (True, False, False)
+    """
+
+    def __init__(self, kinds: tuple[type[BaseException], ...], max_retries: int) -> None:
+        self.kinds = (*kinds, dramatiq.Retry)
+        self.max_retries = max_retries
+
+    def __call__(self, retries: int, exception: BaseException) -> bool:
+        return retries < self.max_retries and isinstance(exception, self.kinds)
+
+    def __repr__(self) -> str:
+        return f"RetryOn({', '.join(kind.__name__ for kind in self.kinds)}; max {self.max_retries})"
 
 
 def implements(

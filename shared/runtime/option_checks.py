@@ -135,6 +135,7 @@ OPTION_CHECKS: dict[str, OptionCheck] = {
     "delay": _integer(0, MAX_ETA_AHEAD_MS),
     "pipe_target": _pipe_target,
     "pipe_ignore": _boolean,
+    "greenroom_throttles": _integer(0, 1_000_000),  # times a limit put it back (task_limits)
     TRACE_CONTEXT_OPTION: _trace_context,
     # A task's policy: a message may not raise its retries, limits or TTL, or add callbacks
     # that publish to other queues (producers never set these).
@@ -151,6 +152,7 @@ OPTION_CHECKS: dict[str, OptionCheck] = {
     "on_retry_exhausted": _policy,
     "throws": _forbidden,
     "retry_when": _forbidden,
+    "greenroom_throttled": _forbidden,  # the worker's note on a message it throttles, never sent
 }
 
 
