@@ -192,11 +192,13 @@ class GreenroomBroker(DeadLetterArgumentsBroker):
                 self.logger.debug("Enqueueing message %r on the delay ladder.", message.message_id)
                 self.emit_before("enqueue", message, delay)
                 self.channel.basic_publish(
-                    exchange=exchange,
-                    routing_key=routing_key,
+                    exchange=target.exchange,
+                    routing_key=target.routing_key,
                     body=message.encode(),
                     properties=pika.BasicProperties(
-                        delivery_mode=2, priority=message.options.get("broker_priority")
+                        delivery_mode=2,
+                        priority=message.options.get("broker_priority"),
+                        headers=target.headers,
                     ),
                     mandatory=self.confirm_delivery,
                 )

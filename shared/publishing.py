@@ -161,14 +161,14 @@ def write_messages(
     target = channel if waiting else pika_compat.buffering_channel(channel)
     for message in messages:
         broker.emit_before("enqueue", message, None)
-        exchange, routing_key = delays.publish_target(message.queue_name, message.options, current_millis())
+        route = delays.publish_target(message.queue_name, message.options, current_millis())
         try:
             target.basic_publish(
-                exchange=exchange,
-                routing_key=routing_key,
+                exchange=route.exchange,
+                routing_key=route.routing_key,
                 body=message.encode(),
                 properties=pika.BasicProperties(
-                    delivery_mode=2, priority=message.options.get("broker_priority")
+                    delivery_mode=2, priority=message.options.get("broker_priority"), headers=route.headers
                 ),
             )
         except pika.exceptions.NackError:
