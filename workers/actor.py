@@ -37,6 +37,7 @@ import dramatiq
 
 from shared.errors import InvalidTaskArguments
 from shared.settings import Settings, get_settings
+from shared.task_policies import effective_policy
 from shared.tasks import TaskArguments, TaskContract
 
 ArgumentsT = TypeVar("ArgumentsT", bound=TaskArguments)
@@ -47,7 +48,8 @@ def actor_options(contract: TaskContract, settings: Settings) -> dict[str, Any]:
 
     Each policy field is the contract's, else its setting's (TASK_MAX_RETRIES,
     TASK_MIN_BACKOFF_SECONDS, TASK_MAX_BACKOFF_SECONDS, TASK_TIME_LIMIT_SECONDS,
-    RESULT_TTL_SECONDS); ``max_age`` only when the contract sets one. With
+    RESULT_TTL_SECONDS: :func:`shared.task_policies.effective_policy`, which
+    ``greenroom tasks`` shows); ``max_age`` only when the contract sets one. With
     ``retry_on``, Dramatiq's ``retry_when`` retries only those exception types
     (and :class:`dramatiq.Retry`), within ``max_retries``. Priority travels on the
     message (the producer sets it); concurrency and rate limits are
@@ -63,25 +65,20 @@ def actor_options(contract: TaskContract, settings: Settings) -> dict[str, Any]:
     def ms(seconds: float) -> int:
         return int(seconds * 1000)
 
-    def either(value: float | None, default: float) -> float:
-        return default if value is None else value
-
-    max_retries = settings.TASK_MAX_RETRIES if contract.max_retries is None else contract.max_retries
-    min_backoff = either(contract.min_backoff_seconds, settings.TASK_MIN_BACKOFF_SECONDS)
-    max_backoff = max(min_backoff, either(contract.max_backoff_seconds, settings.TASK_MAX_BACKOFF_SECONDS))
+    policy = {field: value for field, (value, _source) in effective_policy(contract, settings).items()}
     options: dict[str, Any] = {
-        "max_retries": max_retries,
-        "time_limit": ms(either(contract.time_limit_seconds, settings.TASK_TIME_LIMIT_SECONDS)),
-        "min_backoff": ms(min_backoff),
-        "max_backoff": ms(max_backoff),
-        "store_results": contract.store_results,
-        "result_ttl": ms(either(contract.result_ttl_seconds, settings.RESULT_TTL_SECONDS)),
+        "max_retries": policy["max_retries"],
+        "time_limit": ms(policy["time_limit_seconds"]),
+        "min_backoff": ms(policy["min_backoff_seconds"]),
+        "max_backoff": ms(policy["max_backoff_seconds"]),
+        "store_results": policy["store_results"],
+        "result_ttl": ms(policy["result_ttl_seconds"]),
         "throws": (InvalidTaskArguments,),
     }
-    if contract.max_age_seconds is not None:
-        options["max_age"] = ms(contract.max_age_seconds)
-    if contract.retry_on is not None:
-        options["retry_when"] = RetryOn(contract.retry_on, max_retries)
+    if policy["max_age_seconds"] is not None:
+        options["max_age"] = ms(policy["max_age_seconds"])
+    if policy["retry_on"] is not None:
+        options["retry_when"] = RetryOn(policy["retry_on"], policy["max_retries"])
     return options
 
 

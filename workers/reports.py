@@ -23,8 +23,8 @@ from workers.actor import implements
 REGIONS = ("north", "south", "east", "west")
 
 
-class UpstreamUnavailable(Exception):
-    """A transient upstream error: the task is retried with exponential backoff."""
+class UpstreamUnavailable(ConnectionError):
+    """A transient upstream error: retried with exponential backoff (the contract's ``retry_on``)."""
 
 
 @implements(BUILD_REPORT)

@@ -38,5 +38,8 @@ SYNC_INVENTORY = TaskContract(
     arguments=SyncInventoryArguments,
     max_retries=5,
     min_backoff_seconds=0.2,
+    max_backoff_seconds=5,
+    retry_on=(ConnectionError, TimeoutError),  # an upstream away, not a bug: only these retry
+    max_age_seconds=3600,  # stock levels an hour old are not worth pulling: a newer sync follows
     description="Pull stock levels from a flaky upstream; transient errors retry with backoff.",
 )

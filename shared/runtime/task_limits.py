@@ -57,6 +57,7 @@ from dramatiq.rate_limits import BucketRateLimiter, ConcurrentRateLimiter, RateL
 
 from observability.task_logging import THROTTLED_OPTION
 from shared.settings import Settings
+from shared.task_policies import effective_policy
 from shared.tasks import TASKS, RateLimit, TaskContract
 
 if TYPE_CHECKING:
@@ -255,7 +256,7 @@ def slot_ttl_seconds(contract: TaskContract, settings: Settings) -> float:
     >>> slot_ttl_seconds(ECHO, load_settings(_env_file=None))  # 300 s limit + 30 s result retry + 60 s
     390.0
     """
-    time_limit = contract.time_limit_seconds or settings.TASK_TIME_LIMIT_SECONDS
+    time_limit: float = effective_policy(contract, settings)["time_limit_seconds"].value
     return time_limit + settings.RESULT_STORE_RETRY_SECONDS + SLOT_TTL_MARGIN_SECONDS
 
 
