@@ -120,11 +120,12 @@ class TaskLimits(Middleware):
         self._held = threading.local()  # the ExitStack of the slot this thread's task holds
 
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
-        limits = self._limits_of(message.actor_name)
-        if limits is None:
-            return
         held = contextlib.ExitStack()
+        limits: Limits | None = None
         try:
+            limits = self._limits_of(message.actor_name)
+            if limits is None:
+                return
             if limits.slots and not _take_a_slot(limits.slots, held):
                 raise Throttle(f"concurrency_limit {len(limits.slots)} reached", "concurrency")
             if limits.rate is not None and limits.rate_limit is not None:
@@ -134,7 +135,7 @@ class TaskLimits(Middleware):
                         raise Throttle(f"rate_limit {rate.count} per {rate.per_seconds:g} s reached", "rate")
         except Throttle as throttle:
             held.close()
-            self._put_back(broker, message, throttle, limits)
+            self._put_back(broker, message, throttle, limits.rate_limit if limits else None)
         except Exception as error:  # Redis unreachable or failing: the limit cannot be checked
             held.close()
             logger.warning(
@@ -142,7 +143,8 @@ class TaskLimits(Middleware):
                 message.actor_name,
                 str(error) or type(error).__name__,
             )
-            self._put_back(broker, message, Throttle("limits unavailable (Redis)", "concurrency"), limits)
+            unavailable = Throttle("limits unavailable (Redis)", "concurrency")
+            self._put_back(broker, message, unavailable, None)
         self._held.stack = held
 
     def after_process_message(
@@ -169,11 +171,11 @@ class TaskLimits(Middleware):
             logger.warning("Could not free a concurrency slot (%s); it expires on its own", error)
 
     def _put_back(
-        self, broker: dramatiq.Broker, message: MessageProxy, throttle: Throttle, limits: Limits
+        self, broker: dramatiq.Broker, message: MessageProxy, throttle: Throttle, rate_limit: RateLimit | None
     ) -> None:
         """Publish a delayed copy of ``message``, then skip it (or dead-letter it if publishing fails)."""
         throttles = int(message.options.get(THROTTLES_OPTION, 0))
-        delay = throttle_delay(throttle.limit, throttles, limits.rate_limit)
+        delay = throttle_delay(throttle.limit, throttles, rate_limit)
         copy = message.copy(options={THROTTLES_OPTION: throttles + 1})
         try:
             broker.enqueue(copy, delay=max(1, round(delay * 1000)))
