@@ -2,7 +2,8 @@
 
 A PRODUCER span is ``send <queue>``, a CONSUMER span ``process <queue>``, both with
 messaging.system=rabbitmq, the operation, the destination and its routing key;
-greenroom adds the Dramatiq actor and retry count. The attributes every span on a
+greenroom adds the Dramatiq actor and retry count, and on a PRODUCER span the
+message's priority and delay (:func:`send_option_attributes`). The attributes every span on a
 queue shares are built once per queue and copied for each span.
 
 >>> shapes = SpanShapes()
@@ -13,6 +14,7 @@ queue shares are built once per queue and copied for each span.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from dramatiq.common import q_name
@@ -36,6 +38,13 @@ from observability.opentelemetry_compat import (
 ACTOR_ATTRIBUTE = "dramatiq.actor.name"
 RETRIES_ATTRIBUTE = "dramatiq.message.retries"
 SKIPPED_ATTRIBUTE = "dramatiq.message.skipped"
+PRIORITY_ATTRIBUTE = "dramatiq.message.broker_priority"
+DELAY_ATTRIBUTE = "dramatiq.message.delay_ms"
+
+#: The message options a PRODUCER span records: Dramatiq's priority, and when a delayed
+#: message is due (``shared.delays.DUE_AT_OPTION``, epoch ms).
+PRIORITY_OPTION = "broker_priority"
+DUE_AT_OPTION = "greenroom_due_at"
 
 
 #: messaging.operation.type for each operation greenroom traces.
@@ -83,6 +92,21 @@ class SpanShapes:
                 },
             )
         return shape[0], dict(shape[1])
+
+
+def send_option_attributes(options: Mapping[str, Any], now_ms: int) -> dict[str, Any]:
+    """A published message's priority and, if it is not due yet, its delay in ms.
+
+    >>> send_option_attributes({"broker_priority": 5, "greenroom_due_at": 31_000}, now_ms=1_000)
+    {'dramatiq.message.broker_priority': 5, 'dramatiq.message.delay_ms': 30000}
+    """
+    attributes: dict[str, Any] = {}
+    priority, due_at = options.get(PRIORITY_OPTION), options.get(DUE_AT_OPTION)
+    if isinstance(priority, int):
+        attributes[PRIORITY_ATTRIBUTE] = priority
+    if isinstance(due_at, int) and due_at > now_ms:
+        attributes[DELAY_ATTRIBUTE] = due_at - now_ms
+    return attributes
 
 
 def record_error(span: Span, error: BaseException) -> None:

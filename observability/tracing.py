@@ -20,7 +20,8 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from observability.messaging_spans import (
     SKIPPED_ATTRIBUTE,
     SpanShapes,
     record_error,
+    send_option_attributes,
 )
 from observability.opentelemetry_compat import MESSAGING_MESSAGE_ID
 from observability.trace_carriers import NO_CONTEXT, ProducerContexts, QuotedHeaderExcerpts
@@ -93,8 +95,11 @@ class Tracing(Middleware):
     # Producer side --------------------------------------------------------------
 
     @contextmanager
-    def publishing_batch(self, queue_name: str, count: int) -> Iterator[None]:
-        """One PRODUCER span ``send <queue>`` around publishing ``count`` messages together.
+    def publishing_batch(
+        self, queue_name: str, count: int, options: Mapping[str, Any] | None = None
+    ) -> Iterator[None]:
+        """One PRODUCER span ``send <queue>`` around publishing ``count`` messages together
+        (sent with the same ``options``: a priority or a delay become span attributes).
 
         Its context is the creation context injected into every message of the
         batch (the messaging conventions' "publish" span, no per-message
@@ -105,6 +110,7 @@ class Tracing(Middleware):
         """
         parent = otel_context.get_current()
         name, attributes = self._shapes.batch(queue_name, count)
+        attributes.update(send_option_attributes(options or {}, _now_ms()))
         span = self.tracer.start_span(name, context=parent, kind=SpanKind.PRODUCER, attributes=attributes)
         span_context = trace.set_span_in_context(span, parent)
         carrier: dict[str, str] = {}
@@ -141,6 +147,7 @@ class Tracing(Middleware):
         name, attributes = self._shapes.producer(
             message.queue_name, message_id=message.message_id, actor_name=message.actor_name
         )
+        attributes.update(send_option_attributes(message.options, _now_ms()))
         span = self.tracer.start_span(name, context=parent, kind=SpanKind.PRODUCER, attributes=attributes)
         span_context = trace.set_span_in_context(span, parent)
         carrier: dict[str, str] = {}
@@ -250,6 +257,10 @@ def _parent_for_publish(message: dramatiq.Message[Any]) -> otel_context.Context:
         return current
     carried = message.options.get(TRACE_CONTEXT_OPTION)
     return propagate.extract(carried) if carried else current
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _detach(token: object) -> None:

@@ -221,7 +221,8 @@ class Producer:
             for kwargs in keyword_batch(contract, many_kwargs)
         ]
         tracing = self._tracing()
-        with tracing.publishing_batch(contract.queue, len(messages)) if tracing else nullcontext():
+        batch = tracing.publishing_batch(contract.queue, len(messages), options) if tracing else nullcontext()
+        with batch:
             self.publish_confirmed(messages, f"a batch of {len(messages)}")
         return [TaskHandle(contract.name, m.message_id, self) for m in messages]
 
