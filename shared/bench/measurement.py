@@ -32,6 +32,9 @@ class SideResult:
     startup_seconds: float = 0.0
     drain_tasks_per_second: float = 0.0
     worker_cpu_ms_per_task: float = 0.0
+    #: The same drain and CPU figures for the async actor (``bench.echo_async``).
+    async_drain_tasks_per_second: float = 0.0
+    async_worker_cpu_ms_per_task: float = 0.0
     queue_wait_ms: dict[str, float] = field(default_factory=dict)
     peak_rss_mib: float = 0.0
     send_per_second: dict[str, float] = field(default_factory=dict)
@@ -47,6 +50,8 @@ def median_result(runs: list[SideResult]) -> SideResult:
         startup_seconds=median(run.startup_seconds for run in runs),
         drain_tasks_per_second=median(run.drain_tasks_per_second for run in runs),
         worker_cpu_ms_per_task=median(run.worker_cpu_ms_per_task for run in runs),
+        async_drain_tasks_per_second=median(run.async_drain_tasks_per_second for run in runs),
+        async_worker_cpu_ms_per_task=median(run.async_worker_cpu_ms_per_task for run in runs),
         queue_wait_ms={
             name: median(run.queue_wait_ms.get(name, 0.0) for run in runs) for name in PERCENTILES
         },

@@ -1,9 +1,10 @@
 """``greenroom bench``: bare Dramatiq and greenroom side by side, in one run.
 
 Both sides run the same echo task on the queue ``greenroom-bench`` with the
-same processes and threads (:mod:`shared.bench.processes`); the task records
-itself in a file (:mod:`shared.bench.recorder`), so both are measured the same
-way (:mod:`shared.bench.measurement`):
+same processes and threads (:mod:`shared.bench.processes`), and its async twin
+(an ``async def`` actor on Dramatiq's AsyncIO middleware, which both sides'
+workers have); each task records itself in a file (:mod:`shared.bench.recorder`),
+so both sides are measured the same way (:mod:`shared.bench.measurement`):
 
 - **send rate**: Dramatiq's own ``send`` with and without confirms, greenroom's
   ``send`` (confirmed) and ``send_many`` (pipelined confirms);
@@ -12,15 +13,18 @@ way (:mod:`shared.bench.measurement`):
   (start-up excluded), for pre-published tasks;
 - **worker CPU per task**: user+sys of the worker process tree, measured for
   N and N/2 tasks and differenced, which removes start-up cost;
+- **drain and worker CPU per task of the async actor**: the same two figures
+  for ``bench.echo_async``;
 - **queue wait p50/p95/p99** at a fixed offered load of half bare Dramatiq's
   measured drain rate: the messages due each millisecond, stamped when
   published (:mod:`shared.bench.load`), waited for until their task starts;
 - **peak RSS** of the largest worker process.
 
 Start-up, drain, CPU, RSS and queue wait are measured ``rounds`` times, bare
-and greenroom alternating, and reported as medians (each round's figures are
-in the JSON). The queue-wait rounds follow the drain rounds (their load is
-half the median of bare's drains).
+and greenroom alternating (each side drains the sync task, then the async
+one), and reported as medians (each round's figures are in the JSON). The
+queue-wait rounds follow the drain rounds (their load is half the median of
+bare's drains).
 
 greenroom's side exports its traces over OTLP (``otlp_protocol``: ``grpc`` or
 ``http/protobuf``) to a live receiver in this process, as does the bench's own
@@ -64,10 +68,11 @@ from shared.bench.queues import (
 )
 from shared.bench.recorder import BENCH_QUEUE, completed, waits
 from shared.bench.report import build_report
-from shared.bench.task import BENCH_ECHO
+from shared.bench.task import BENCH_ECHO, BENCH_ECHO_ASYNC
 from shared.errors import GreenroomError
 from shared.producer import Producer
 from shared.settings import Settings
+from shared.tasks import TaskContract
 
 #: Seconds of offered load for the queue-wait measurement.
 LOAD_SECONDS = 3.0
@@ -151,21 +156,33 @@ class Bench:
 
     def _side(self, side: str, plan: WorkerPlan, producer: Producer) -> SideResult:
         result = SideResult()
-        cpu: dict[int, float] = {}
-        for count in (self.options.messages // 2, self.options.messages):
-            self._say(f"{side}: draining {count} tasks ...")
-            startup, drain, cpu[count], rss = self._drain(side, plan, producer, count)
-            result.startup_seconds, result.drain_tasks_per_second, result.peak_rss_mib = startup, drain, rss
-        result.worker_cpu_ms_per_task = cpu_ms_per_task(cpu)
+        startup, drain, cpu, rss = self._drains(side, plan, producer, BENCH_ECHO)
+        result.startup_seconds, result.drain_tasks_per_second, result.peak_rss_mib = startup, drain, rss
+        result.worker_cpu_ms_per_task = cpu
+        _, drain, cpu, _ = self._drains(side, plan, producer, BENCH_ECHO_ASYNC)
+        result.async_drain_tasks_per_second, result.async_worker_cpu_ms_per_task = drain, cpu
         return result
 
-    def _drain(
-        self, side: str, plan: WorkerPlan, producer: Producer, count: int
+    def _drains(
+        self, side: str, plan: WorkerPlan, producer: Producer, task: TaskContract
     ) -> tuple[float, float, float, float]:
-        """(start-up s, drain tasks/s, worker CPU s, peak RSS MiB) of one worker run over ``count`` tasks."""
+        """(start-up s, drain tasks/s, worker CPU ms per task, peak RSS MiB) of ``task``: the
+        CPU from drains of N/2 and N tasks, the other figures from the drain of N."""
+        kind = " async" if task is BENCH_ECHO_ASYNC else ""
+        cpu: dict[int, float] = {}
+        for count in (self.options.messages // 2, self.options.messages):
+            self._say(f"{side}: draining {count}{kind} tasks ...")
+            startup, drain, cpu[count], rss = self._drain(side, plan, producer, task, count)
+        return startup, drain, cpu_ms_per_task(cpu), rss
+
+    def _drain(
+        self, side: str, plan: WorkerPlan, producer: Producer, task: TaskContract, count: int
+    ) -> tuple[float, float, float, float]:
+        """(start-up s, drain tasks/s, worker CPU s, peak RSS MiB) of one worker run over ``count``
+        of ``task``."""
         self._reset()
-        producer.send(BENCH_ECHO.name, payload="warm-up")
-        producer.send_many(BENCH_ECHO.name, [{"payload": self.payload}] * count)
+        producer.send(task.name, payload="warm-up")
+        producer.send_many(task.name, [{"payload": self.payload}] * count)
         cpu_before = children_cpu_seconds()
         started = time.monotonic()
         with plan.running(side) as worker:

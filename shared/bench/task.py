@@ -1,4 +1,5 @@
-"""The benchmark's task contract, ``bench.echo`` on queue ``greenroom-bench``.
+"""The benchmark's task contracts, ``bench.echo`` and its async twin ``bench.echo_async``,
+on queue ``greenroom-bench``.
 
 Declaring it registers it in the task table of the processes that import
 this module, and only theirs: the bench itself (its producer) and the worker
@@ -27,4 +28,12 @@ BENCH_ECHO = TaskContract(
     max_retries=0,
     store_results=False,
     description="`greenroom bench`'s task: the same work as its bare-Dramatiq twin.",
+)
+BENCH_ECHO_ASYNC = TaskContract(
+    name="bench.echo_async",
+    queue=BENCH_QUEUE,
+    arguments=BenchEchoArguments,
+    max_retries=0,
+    store_results=False,
+    description="`bench.echo` as an async actor: the same work, run on the worker's event loop.",
 )

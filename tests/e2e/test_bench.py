@@ -31,13 +31,17 @@ def test_bench_runs_both_sides_writes_json_and_leaves_no_queue(
 
     # The progress went to stderr, the table to stdout, its header naming the protocol
     assert "bare: draining 200 tasks" in completed.stderr
-    header, first_row = completed.stdout.splitlines()[:2]
+    assert "greenroom: draining 200 async tasks" in completed.stderr
+    header, first_row, *rows = completed.stdout.splitlines()
     assert header.startswith("greenroom traces: OTLP http/protobuf") and header.split()[-3:] == [
         "bare",
         "greenroom",
         "ratio",
     ]
     assert first_row.startswith("drain throughput (tasks/s)")
+    # the async actor's rows under the sync task's, each with bare, greenroom and ratio figures
+    assert rows[0].startswith("drain throughput, async (tasks/s)") and len(rows[0].split()) == 7
+    assert rows[2].startswith("worker CPU per task, async (ms)") and len(rows[2].split()) == 9
 
     report = json.loads(report_path.read_text())
     assert report["options"]["otlp_protocol"] == "http/protobuf"  # the default
@@ -47,6 +51,8 @@ def test_bench_runs_both_sides_writes_json_and_leaves_no_queue(
         assert figures["startup_seconds"] > 0
         assert figures["peak_rss_mib"] > 10
         assert figures["worker_cpu_ms_per_task"] >= 0
+        assert figures["async_drain_tasks_per_second"] > 0
+        assert figures["async_worker_cpu_ms_per_task"] >= 0
         assert set(figures["queue_wait_ms"]) == {"p50", "p95", "p99"}
         assert figures["queue_wait_ms"]["p99"] >= figures["queue_wait_ms"]["p50"] > 0
     assert [len(report["rounds"][side]) for side in ("bare", "greenroom")] == [2, 2]
@@ -57,12 +63,15 @@ def test_bench_runs_both_sides_writes_json_and_leaves_no_queue(
     assert set(report["ratios"]) >= {
         "drain_throughput",
         "worker_cpu_per_task",
+        "async_drain_throughput",
+        "async_worker_cpu_per_task",
         "queue_wait_p99",
         "startup",
         "peak_rss",
     }
     assert report["spans_received"] > 400  # greenroom's tasks were traced and exported, producer and consumer
-    assert report["consumer_spans_received"] >= 2 * (100 + 200 + 2)  # every drained task, both rounds
+    # every drained task, sync and async, both rounds
+    assert report["consumer_spans_received"] >= 2 * 2 * (100 + 200 + 2)
 
     _assert_no_bench_queue(rabbitmq_url)
 
