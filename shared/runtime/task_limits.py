@@ -160,6 +160,15 @@ class TaskLimits(Middleware):
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         self._release()
 
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the Redis connections of the limiters, if any were opened."""
+        client = getattr(self._backend, "client", None)
+        if client is not None:
+            client.close()
+
     def _release(self) -> None:
         held: contextlib.ExitStack | None = getattr(self._held, "stack", None)
         if held is None:

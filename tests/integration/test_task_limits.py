@@ -105,6 +105,7 @@ def test_a_slot_is_held_while_the_task_runs_and_freed_after(
     limits.after_process_message(broker, first, result=None)
     assert client.get(key) == b"0"
     assert _in_thread(lambda: limits.before_process_message(broker, _message(contract))) is None
+    limits.close()
 
 
 def test_a_slot_never_freed_expires_on_its_own(
@@ -140,6 +141,7 @@ def test_a_slot_never_freed_expires_on_its_own(
     finally:
         end.set()
         hung.join()
+        limits.close()
 
 
 def _bodies(broker: StubBroker, queue: str) -> list[bytes]:
