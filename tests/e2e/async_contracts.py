@@ -45,5 +45,5 @@ ASYNC_NESTED = TaskContract(
     name="tests.async_nested",
     queue="default",
     arguments=NestedArguments,
-    description="Open the span 'nested <label>' inside the coroutine, log a line in it, return label.",
+    description="Open the span 'nested <label>' in the coroutine and log in it; return label and message id.",
 )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from dramatiq.middleware import CurrentMessage
 from opentelemetry import trace
 
 from tests.e2e.async_contracts import (
@@ -51,9 +52,10 @@ async def async_raise(arguments: RaiseArguments) -> None:
 
 
 @implements(ASYNC_NESTED)
-async def async_nested(arguments: NestedArguments) -> str:
+async def async_nested(arguments: NestedArguments) -> dict[str, str]:
     await asyncio.sleep(0)
     with tracer.start_as_current_span(f"nested {arguments.label}"):
         await asyncio.sleep(0.01)
         logger.info("inside the nested span")
-    return arguments.label
+    message = CurrentMessage.get_current_message()
+    return {"label": arguments.label, "message_id": message.message_id if message else ""}
