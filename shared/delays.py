@@ -66,6 +66,8 @@ def level_name(level: int) -> str:
 
 #: Every queue of the ladder, top level first.
 LADDER_QUEUES = tuple(level_name(level) for level in reversed(range(LEVELS)))
+#: The ``queue`` label of the ladder's total in ``greenroom_queue_messages{state="delayed"}``.
+LADDER_DEPTH_NAME = "greenroom.delay"
 
 
 def bit_header(level: int) -> str:

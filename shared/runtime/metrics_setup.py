@@ -208,12 +208,14 @@ def _bind(settings: Settings, health: Health) -> ExpositionServer | None:
     from observability.exposition import build_registry, make_server
     from observability.queue_depth import QueueDepthReader
     from shared.connections import checking_parameters
+    from shared.delays import LADDER_DEPTH_NAME, LADDER_QUEUES
 
     registry = build_registry(
         prometheus_directory(settings),
         QueueDepthReader(
             lambda: checking_parameters(settings.rabbitmq_url, QUEUE_DEPTH_TIMEOUT_SECONDS),
             lambda: watched_queues(settings),
+            totals={LADDER_DEPTH_NAME: LADDER_QUEUES},
         ),
         __version__,
     )
