@@ -21,6 +21,21 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from observability.messaging_spans import DELAY_ATTRIBUTE, PRIORITY_ATTRIBUTE
 from shared.producer import Producer
 from shared.settings import load_settings
+from shared.tasks import TaskArguments, TaskContract
+
+
+class NoArguments(TaskArguments):
+    pass
+
+
+#: A contract with a default priority, on a queue of its own.
+URGENT = TaskContract(
+    name="tests.send_options.urgent",
+    queue="tests-urgent",
+    arguments=NoArguments,
+    description="A task whose contract gives it a priority.",
+    priority=4,
+)
 
 
 def _rabbitmqctl(*args: str) -> None:
@@ -49,7 +64,10 @@ def producer(vhost_url: str, redis_url: str, spans: InMemorySpanExporter) -> Ite
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(spans))
     settings = load_settings(
-        _env_file=None, RABBITMQ_URL=vhost_url, REDIS_URL=redis_url, QUEUE_MAX_PRIORITIES="default=9"
+        _env_file=None,
+        RABBITMQ_URL=vhost_url,
+        REDIS_URL=redis_url,
+        QUEUE_MAX_PRIORITIES="default=9,tests-urgent=5",
     )
     producer = Producer(settings, tracer_provider=provider)
     yield producer
@@ -116,3 +134,15 @@ def test_a_delayed_message_waits_on_the_ladder_with_its_due_time(
         assert before + 1000 <= options["greenroom_due_at"] <= after + 1000
         assert "eta" not in options
     assert taken[0][0] == 3
+
+
+def test_a_contracts_priority_applies_to_every_send_unless_the_send_gives_one(
+    producer: Producer, vhost_url: str
+) -> None:
+    # When
+    producer.send(URGENT.name)
+    producer.send_with_options(URGENT.name, {}, priority=1)
+    producer.send_many(URGENT.name, [{}])
+
+    # Then
+    assert [priority for priority, _options in _take(vhost_url, URGENT.queue)] == [4, 4, 1]
