@@ -251,7 +251,7 @@ def message_priority(
         raise InvalidParameter(
             where,
             f"queue {contract.queue!r} of task {contract.name!r} has no priorities: "
-            f"enable them with QUEUE_MAX_PRIORITIES (e.g. {contract.queue}=9)",
+            f"enable them with QUEUE_MAX_PRIORITIES (e.g. {contract.queue}={max(9, priority)})",
         )
     if priority > maximum:
         raise InvalidParameter(

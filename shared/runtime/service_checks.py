@@ -17,10 +17,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from shared.connections import checking_connection, checking_redis
-from shared.errors import BrokerRefused, BrokerUnavailable
+from shared.errors import BrokerRefused, BrokerUnavailable, InvalidParameter
+from shared.producer_checks import message_priority
 from shared.queue_arguments import dead_letter_mismatch, priority_mismatch
 from shared.service_refusals import redis_refusal_line
 from shared.settings import Settings
+from shared.tasks import TASKS
 
 
 def check_services(settings: Settings, queues: Iterable[str], *, stores_results: bool) -> str | None:
@@ -28,15 +30,31 @@ def check_services(settings: Settings, queues: Iterable[str], *, stores_results:
     ``queues`` and the priorities of those that exist as the settings describe them,
     and (if the worker ``stores_results``) Redis its login and database; else the line
     to print. A service that cannot be reached at all passes. Declares the dead-letter
-    queues the worker would declare next, nothing else.
+    queues the worker would declare next, nothing else. First, without a service: a
+    contract on ``queues`` whose priority its queue does not take (every send of it
+    would be refused).
     """
-    return _rabbitmq_refusal(settings, queues) or (_redis_refusal(settings) if stores_results else None)
+    queues = list(queues)
+    return (
+        _contract_refusal(settings, queues)
+        or _rabbitmq_refusal(settings, queues)
+        or (_redis_refusal(settings) if stores_results else None)
+    )
 
 
-def _rabbitmq_refusal(settings: Settings, queues: Iterable[str]) -> str | None:
+def _contract_refusal(settings: Settings, queues: list[str]) -> str | None:
+    for contract in TASKS.values():
+        if contract.queue in queues and contract.priority is not None:
+            try:
+                message_priority(contract, None, settings.QUEUE_MAX_PRIORITIES)
+            except InvalidParameter as refused:
+                return str(refused)
+    return None
+
+
+def _rabbitmq_refusal(settings: Settings, queues: list[str]) -> str | None:
     try:
         with checking_connection(settings) as connection:
-            queues = list(queues)
             return dead_letter_mismatch(
                 connection, queues, settings.DEAD_LETTER_TTL_SECONDS
             ) or priority_mismatch(connection, queues, settings.QUEUE_MAX_PRIORITIES)

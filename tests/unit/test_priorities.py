@@ -10,8 +10,24 @@ import pytest
 
 from shared.broker import build_broker
 from shared.queue_arguments import explain_refusal
+from shared.runtime.service_checks import check_services
 from shared.settings import Settings, load_settings
-from tests.support import run_cli
+from shared.tasks import TaskArguments, TaskContract
+from tests.support import free_port, run_cli
+
+
+class NoArguments(TaskArguments):
+    pass
+
+
+#: A contract whose priority (above the usual 9) its queue must take.
+HIGH = TaskContract(
+    name="tests.priorities.high",
+    queue="tests-priorities-high",
+    arguments=NoArguments,
+    description="A task whose contract gives it priority 12.",
+    priority=12,
+)
 
 
 def test_priorities_are_read_as_queue_maximum_pairs() -> None:
@@ -105,4 +121,28 @@ def test_other_refusals_keep_their_lines() -> None:
     other = "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'default' in vhost '/'"
     assert explain_refusal(other, 86400, {}) == (
         f"RabbitMQ holds a queue with other arguments than greenroom declares: {other}"
+    )
+
+
+def test_a_worker_refuses_a_contract_priority_its_queue_does_not_take() -> None:
+    # Given: no RabbitMQ there (an outage passes the check: only the contract can refuse)
+    nowhere = f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F"
+
+    def refusal(priorities: str) -> str | None:
+        settings = load_settings(_env_file=None, RABBITMQ_URL=nowhere, QUEUE_MAX_PRIORITIES=priorities)
+        return check_services(settings, [HIGH.queue], stores_results=False)
+
+    # Then
+    assert refusal("") == (
+        "priority 12 (the contract's): queue 'tests-priorities-high' of task 'tests.priorities.high' has no "
+        "priorities: enable them with QUEUE_MAX_PRIORITIES (e.g. tests-priorities-high=12)"
+    )
+    assert refusal("tests-priorities-high=9") == (
+        "priority 12 (the contract's): queue 'tests-priorities-high' of task 'tests.priorities.high' takes "
+        "priorities 0 to 9 (QUEUE_MAX_PRIORITIES), got 12"
+    )
+    assert refusal("tests-priorities-high=12") is None
+    assert (
+        check_services(load_settings(_env_file=None, RABBITMQ_URL=nowhere), ["default"], stores_results=False)
+        is None
     )
