@@ -159,7 +159,8 @@ class GreenroomBroker(DeadLetterArgumentsBroker):
                 self.logger.debug("Retrying the delay ladder's declaration due to closed connection.")
 
     def _leave_ladder(self) -> None:
-        """The ladder or a binding is gone (a publish on it was unroutable): declare it again."""
+        """The ladder or a binding may be gone (a publish on it failed on the channel): declare
+        it again before the next publish."""
         with self._declaring_ladder:
             self._ladder_declared = False
             self._on_ladder.clear()
@@ -206,7 +207,7 @@ class GreenroomBroker(DeadLetterArgumentsBroker):
                 return message
             except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as e:
                 del self.connection
-                if isinstance(e, pika.exceptions.UnroutableError):
+                if isinstance(e, pika.exceptions.AMQPChannelError):  # unroutable, or no such exchange
                     self.queues_pending.add(queue_name)
                     self._leave_ladder()
                 attempts += 1

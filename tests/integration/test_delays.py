@@ -151,3 +151,18 @@ def test_queue_depths_report_the_ladder_as_one_total(
         "greenroom.delay": {"delayed": 2},
     }
     assert len(_take_when_arrived(channel, 2, timeout=10)) == 2
+
+
+def test_a_ladder_deleted_under_a_running_broker_is_declared_again(producer: Producer, channel: Any) -> None:
+    # Given a broker that declared the ladder, then someone deleted a level and the deliver exchange
+    producer.broker.declare_queue(QUEUE, ensure=True)
+    channel.exchange_delete(delays.level_name(9))
+    channel.exchange_delete(delays.DELIVER_EXCHANGE)
+
+    # When it enqueues a message delayed through that level
+    sent = producer.broker.enqueue(_message("again"), delay=600)
+
+    # Then it declared the ladder again and the message arrives
+    [(arrived, _, body)] = _take_when_arrived(channel, 1, timeout=10)
+    assert arrived >= sent.options[delays.DUE_AT_OPTION]
+    assert dramatiq.Message.decode(body).message_id == sent.message_id
