@@ -189,7 +189,7 @@ class GreenroomBroker(DeadLetterArgumentsBroker):
         while True:
             try:
                 self.declare_queue(queue_name, ensure=True)
-                exchange, routing_key = delays.publish_target(queue_name, message.options, current_millis())
+                target = delays.publish_target(queue_name, message.options, current_millis())
                 self.logger.debug("Enqueueing message %r on the delay ladder.", message.message_id)
                 self.emit_before("enqueue", message, delay)
                 self.channel.basic_publish(
@@ -272,6 +272,7 @@ def build_broker(
         middleware=middleware_stack(settings, role, tracer_provider),
         dead_letter_ttl_ms=settings.DEAD_LETTER_TTL_SECONDS * 1000,
         max_message_bytes=settings.MAX_MESSAGE_BYTES,
+        queue_max_priorities=settings.QUEUE_MAX_PRIORITIES,
     )
 
 
