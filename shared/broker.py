@@ -66,8 +66,10 @@ class GreenroomBroker(DeadLetterArgumentsBroker):
     (:mod:`shared.service_refusals` says so in one line).
 
     Delayed and retrying messages wait on the TTL ladder (:mod:`shared.delays`), not in
-    ``<queue>.DQ``: :meth:`declare_queue` declares the ladder and binds the queue to it,
-    :meth:`enqueue` publishes a message that is not yet due on it.
+    ``<queue>.DQ``: :meth:`join_ladder` declares the ladder (once per broker) and binds a
+    queue to it, when a worker consumes the queue or a delayed message is first published
+    for it; :meth:`enqueue` publishes a message that is not yet due on it. A process that
+    sends nothing delayed never declares the ladder.
     """
 
     def __init__(self, *, dead_letter_ttl_ms: int, max_message_bytes: int, **options: Any) -> None:
@@ -125,22 +127,25 @@ class GreenroomBroker(DeadLetterArgumentsBroker):
         from shared.runtime.consumer import GreenroomConsumer  # worker-only: producers never consume
 
         self.declare_queue(queue_name, ensure=True)
+        self.join_ladder(queue_name)  # early arrivals go back on it
         return GreenroomConsumer(self, queue_name, prefetch, timeout)
 
     def dead_letter_queue_arguments(self) -> dict[str, Any]:
         return dead_letter_arguments(self.dead_letter_ttl_ms)
 
     def declare_queue(self, queue_name: str, *, ensure: bool = False) -> None:
-        """Dramatiq's declare; with ``ensure``, also the delay ladder (once per broker) and the
-        queue's binding to it."""
+        """Dramatiq's declare; a queue declared anew has lost its binding to the ladder."""
         canonical = q_name(queue_name)
-        if canonical in self.queues_pending:  # (re)declared: a queue declared anew has no binding
+        if canonical in self.queues_pending:
             self._on_ladder.discard(canonical)
         super().declare_queue(queue_name, ensure=ensure)
-        if ensure and canonical not in self._on_ladder:
-            self._join_ladder(canonical)
 
-    def _join_ladder(self, queue_name: str) -> None:
+    def join_ladder(self, queue_name: str) -> None:
+        """Declare the delay ladder (once per broker) and bind ``queue_name`` (declared before)
+        to its deliver exchange, unless done already."""
+        queue_name = q_name(queue_name)
+        if queue_name in self._on_ladder:
+            return
         attempts = 0
         while True:
             try:
@@ -189,6 +194,7 @@ class GreenroomBroker(DeadLetterArgumentsBroker):
         while True:
             try:
                 self.declare_queue(queue_name, ensure=True)
+                self.join_ladder(queue_name)
                 target = delays.publish_target(queue_name, message.options, current_millis())
                 self.logger.debug("Enqueueing message %r on the delay ladder.", message.message_id)
                 self.emit_before("enqueue", message, delay)
@@ -264,7 +270,7 @@ class LazyResultBackend:
 
 def build_broker(
     settings: Settings, role: Role, tracer_provider: TracerProvider | None = None
-) -> RabbitmqBroker:
+) -> GreenroomBroker:
     """A RabbitmqBroker at RABBITMQ_URL with greenroom's middleware stack for ``role``."""
     return GreenroomBroker(
         url=connection_url(settings),

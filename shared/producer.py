@@ -58,7 +58,6 @@ from typing import Any
 import dramatiq
 import pika.exceptions
 import redis
-from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.errors import BrokerConnectionError, DecodeError
 from dramatiq.results import ResultFailure
 from dramatiq.results import ResultTimeout as DramatiqResultTimeout
@@ -66,7 +65,7 @@ from opentelemetry.trace import TracerProvider
 
 from observability.tracing import Tracing
 from shared.backoff import Backoff, retry_with_backoff
-from shared.broker import build_broker, build_result_backend
+from shared.broker import GreenroomBroker, build_broker, build_result_backend
 from shared.errors import (
     InvalidParameter,
     InvalidSettings,
@@ -149,7 +148,7 @@ class Producer:
         self.settings = settings or _environment_settings()
         if tracer_provider is None:
             ensure_producer_tracing(self.settings)
-        self.broker: RabbitmqBroker = build_broker(self.settings, "producer", tracer_provider)
+        self.broker: GreenroomBroker = build_broker(self.settings, "producer", tracer_provider)
         self.backend: RedisResultBackend = build_result_backend(self.settings)
 
     def send(self, task: str, /, **kwargs: Any) -> TaskHandle:

@@ -36,7 +36,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dramatiq
 import pika
@@ -46,6 +46,9 @@ from dramatiq.common import current_millis
 from dramatiq.errors import ConnectionClosed
 
 from shared import delays, pika_compat
+
+if TYPE_CHECKING:
+    from shared.broker import GreenroomBroker
 
 #: Messages written to the socket together before pika flushes them.
 CHUNK_SIZE = 256
@@ -61,7 +64,7 @@ class BatchPublisher:
     """Publishes ``messages`` in order; see the module docstring."""
 
     def __init__(
-        self, broker: RabbitmqBroker, messages: Sequence[dramatiq.Message[Any]], *, timeout: float = 0.0
+        self, broker: GreenroomBroker, messages: Sequence[dramatiq.Message[Any]], *, timeout: float = 0.0
     ) -> None:
         """``timeout``: how long after the first ``publish`` the caller may still retry."""
         self.broker = broker
@@ -76,8 +79,12 @@ class BatchPublisher:
         if self.give_up_at == math.inf:
             self.give_up_at = time.monotonic() + self.timeout + CONFIRM_TIMEOUT_SECONDS
         try:
+            now = current_millis()
+            delayed = {m.queue_name for m in self.unconfirmed if delays.remaining_ms(m.options, now) > 0}
             for queue in sorted({message.queue_name for message in self.unconfirmed}):
                 self.broker.declare_queue(queue, ensure=True)
+                if queue in delayed:
+                    self.broker.join_ladder(queue)
             connection = self.broker.connection
             channel, confirmed = _confirm_channel(connection)
             try:
@@ -151,7 +158,7 @@ def write_messages(
     """Hand ``messages`` to pika's buffer for ``channel`` (persistent, as Dramatiq publishes
     them); the next processing of the connection's events writes them out. A message whose
     ``greenroom_due_at`` is still ahead goes on the delay ladder (:mod:`shared.delays`; the
-    caller declared its queue with ``broker.declare_queue(queue, ensure=True)``).
+    caller declared its queue and, for a delayed message, ``broker.join_ladder(queue)``).
 
     On the public path (``confirmations`` not pipelined) each publish waits for its
     confirm instead, and counts it in ``confirmations``. Middleware hooks run per
