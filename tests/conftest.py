@@ -24,6 +24,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from shared.bench.otlp_receiver import OtlpReceiver
+from shared.delays import LADDER_QUEUES
 from shared.producer import Producer
 from shared.results import RESULTS_NAMESPACE
 from shared.settings import Settings, load_settings
@@ -107,18 +108,29 @@ def clean_queues(rabbitmq_url: str) -> Iterator[None]:
 
 
 def _purge_all(rabbitmq_url: str) -> None:
+    """Purge the built-in queues and the delay ladder (which holds every queue's delayed
+    messages; declared whole or not at all)."""
     connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
     try:
         for queue in ("default", "reports"):
             for name in (queue, f"{queue}.DQ", f"{queue}.XQ"):
-                channel = connection.channel()
-                try:
-                    channel.queue_purge(name)
-                    channel.close()
-                except pika.exceptions.ChannelClosedByBroker:
-                    pass  # the queue does not exist yet
+                _purge(connection, name)
+        for name in LADDER_QUEUES:
+            if not _purge(connection, name):
+                break
     finally:
         connection.close()
+
+
+def _purge(connection: pika.BlockingConnection, queue: str) -> bool:
+    """Purge ``queue``; False if it does not exist (yet)."""
+    channel = connection.channel()
+    try:
+        channel.queue_purge(queue)
+    except pika.exceptions.ChannelClosedByBroker:
+        return False
+    channel.close()
+    return True
 
 
 @pytest.fixture
