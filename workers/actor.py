@@ -73,7 +73,7 @@ def actor_options(contract: TaskContract, settings: Settings) -> dict[str, Any]:
         "max_backoff": ms(policy["max_backoff_seconds"]),
         "store_results": policy["store_results"],
         "result_ttl": ms(policy["result_ttl_seconds"]),
-        "throws": (InvalidTaskArguments,),
+        "throws": (InvalidTaskArguments, NotAwaited),  # dead-lettered at once: retrying cannot help
     }
     if policy["max_age_seconds"] is not None:
         options["max_age"] = ms(policy["max_age_seconds"])
@@ -111,8 +111,8 @@ def implements(
     The function takes the parsed arguments. An ``async def`` function makes an
     async actor: Dramatiq's AsyncIO middleware (in a worker's stack) runs it on
     the worker process's event loop thread, validated the same way first. A plain
-    function that returns an awaitable fails the task (TypeError) instead of
-    succeeding with a coroutine nobody awaits.
+    function that returns an awaitable fails the task at once, without retries
+    (NotAwaited, a TypeError), instead of succeeding with a coroutine nobody awaits.
     """
     options = actor_options(contract, settings or get_settings())
 
@@ -146,12 +146,16 @@ def implements(
     return decorate
 
 
-def _not_awaited(contract: TaskContract, awaitable: Awaitable[Any]) -> TypeError:
+class NotAwaited(TypeError):
+    """A plain function implementing a task returned an awaitable (``async def`` was forgotten)."""
+
+
+def _not_awaited(contract: TaskContract, awaitable: Awaitable[Any]) -> NotAwaited:
     """The error for a plain function that returned ``awaitable``, which is closed unrun."""
     close = getattr(awaitable, "close", None)
     if close is not None:
         close()  # a coroutine: no "never awaited" warning, nothing of it runs
-    return TypeError(
+    return NotAwaited(
         f"task {contract.name!r}: its implementation returned {type(awaitable).__name__} "
         "without awaiting it: declare it with async def"
     )

@@ -24,7 +24,7 @@ from dramatiq.results.backends import StubBackend
 
 from shared.contracts.diagnostics import ECHO, EchoArguments
 from shared.errors import InvalidTaskArguments
-from workers.actor import implements
+from workers.actor import NotAwaited, implements
 
 
 @pytest.fixture(autouse=True)
@@ -74,7 +74,7 @@ def test_an_async_implementation_is_validated_as_a_sync_one(event_loop_thread: E
     with pytest.raises(InvalidTaskArguments, match="positional arguments are not accepted"):
         echo(1)
     assert called == []
-    assert echo.options["throws"] == (InvalidTaskArguments,)  # rejected without retry, as for sync actors
+    assert echo.options["throws"] == (InvalidTaskArguments, NotAwaited)  # rejected without retry, as for sync
 
 
 def test_a_plain_function_returning_a_coroutine_fails_and_the_coroutine_never_runs() -> None:

@@ -7,7 +7,7 @@ import uuid
 from shared.errors import InvalidTaskArguments
 from shared.settings import load_settings
 from shared.tasks import TASKS, RateLimit, TaskArguments, TaskContract
-from workers.actor import RetryOn, actor_options
+from workers.actor import NotAwaited, RetryOn, actor_options
 
 
 class NoArguments(TaskArguments):
@@ -47,7 +47,7 @@ def test_every_policy_field_becomes_its_actor_option_in_milliseconds() -> None:
         "max_age": 60_000,
         "result_ttl": 30_000,
         "store_results": False,
-        "throws": (InvalidTaskArguments,),
+        "throws": (InvalidTaskArguments, NotAwaited),
     }  # priority travels on messages, limits are TaskLimits': neither is an actor option
     assert isinstance(retry_when, RetryOn)
     assert [retry_when(n, ConnectionResetError()) for n in range(5)] == [True, True, True, True, False]
