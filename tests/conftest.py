@@ -107,6 +107,32 @@ def clean_queues(rabbitmq_url: str) -> Iterator[None]:
     _purge_all(rabbitmq_url)
 
 
+@pytest.fixture
+def vhost_url(rabbitmq_url: str) -> Iterator[str]:
+    """amqp URL of a virtual host of the test's own (the session's holds its queues with
+    the default arguments), deleted afterwards."""
+    vhost = f"greenroom-test-{uuid.uuid4().hex[:8]}-own"
+    _rabbitmqctl("add_vhost", vhost)
+    _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    try:
+        yield f"{rabbitmq_url.rsplit('/', 1)[0]}/{vhost}"
+    finally:
+        _rabbitmqctl("delete_vhost", vhost)
+
+
+@pytest.fixture
+def empty_ladder(rabbitmq_url: str) -> Iterator[None]:
+    """Purge the delay ladder after the test: what a failed test left there would reach later tests."""
+    yield
+    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
+    try:
+        for name in LADDER_QUEUES:
+            if not _purge(connection, name):
+                break
+    finally:
+        connection.close()
+
+
 def _purge_all(rabbitmq_url: str) -> None:
     """Purge the built-in queues and the delay ladder (which holds every queue's delayed
     messages; declared whole or not at all)."""

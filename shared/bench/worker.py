@@ -10,12 +10,18 @@ A default ``greenroom worker`` never imports it.
 
 from __future__ import annotations
 
+import dramatiq
+
 from shared.bench.recorder import record_completion
 from shared.bench.task import BENCH_ECHO, BENCH_ECHO_ASYNC, BenchEchoArguments
 from workers import broker
 from workers.actor import implements
 
 __all__ = ["bench_echo", "bench_echo_async", "broker"]
+
+# The actors below go on the global broker: make sure it is the worker's, also when
+# :mod:`workers` was imported before another module (the bare side's) replaced it.
+dramatiq.set_broker(broker)
 
 
 @implements(BENCH_ECHO)

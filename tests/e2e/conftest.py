@@ -12,6 +12,10 @@ from tests.support import Worker
 
 StartWorker = Callable[..., Worker]
 
+#: Modules that test workers load (``greenroom worker tests.e2e.<module>``): importing one
+#: installs a worker's broker and connects to services, so pytest does not collect them.
+collect_ignore = ["async_worker.py", "policy_worker.py"]
+
 
 @pytest.fixture
 def start_worker(service_env: dict[str, str], workdir: Path, clean_queues: None) -> Iterator[StartWorker]:

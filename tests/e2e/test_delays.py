@@ -26,29 +26,12 @@ from shared.producer import Producer
 from tests.e2e.conftest import StartWorker
 from tests.support import Worker, wait_for
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("empty_ladder")]
 
 #: What a channel that RabbitMQ closed for an unacknowledged delivery leaves in a worker's output.
 CHANNEL_CLOSED = ("PRECONDITION_FAILED", "timed out", "ChannelClosed", "Restarting consumer")
 #: What RabbitMQ says when it closes a channel for a delivery unacknowledged past consumer_timeout.
 TIMED_OUT = "delivery acknowledgement on channel"
-
-
-@pytest.fixture(autouse=True)
-def _empty_ladder(rabbitmq_url: str) -> Iterator[None]:
-    """Purge the delay ladder after each test: what a failed test left there would reach later tests."""
-    yield
-    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
-    try:
-        for name in delays.LADDER_QUEUES:
-            channel = connection.channel()
-            try:
-                channel.queue_purge(name)
-                channel.close()
-            except pika.exceptions.ChannelClosedByBroker:
-                pass  # not declared in this vhost yet
-    finally:
-        connection.close()
 
 
 def _echo(payload: Any, **options: Any) -> dramatiq.Message[Any]:

@@ -7,9 +7,6 @@ Each test has a virtual host of its own: the session's holds ``default`` without
 
 from __future__ import annotations
 
-import subprocess
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pika
@@ -25,22 +22,6 @@ from tests.support import run_cli
 #: Echo tasks queued before the urgent ones, and how long each runs.
 BACKLOG, BACKLOG_TASK_MS = 40, 50
 URGENT = 3
-
-
-def _rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
-
-
-@pytest.fixture
-def vhost_url(rabbitmq_url: str) -> Iterator[str]:
-    """amqp URL of a virtual host of this test's own."""
-    vhost = f"greenroom-test-priorities-{uuid.uuid4().hex[:8]}"
-    _rabbitmqctl("add_vhost", vhost)
-    _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    try:
-        yield f"{rabbitmq_url.rsplit('/', 1)[0]}/{vhost}"
-    finally:
-        _rabbitmqctl("delete_vhost", vhost)
 
 
 def test_high_priority_messages_overtake_a_backlog(

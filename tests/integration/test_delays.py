@@ -16,26 +16,9 @@ from shared import delays
 from shared.connections import checking_parameters
 from shared.producer import Producer
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("empty_ladder")]
 
 QUEUE = "default"
-
-
-@pytest.fixture(autouse=True)
-def _empty_ladder(rabbitmq_url: str) -> Iterator[None]:
-    """Purge the delay ladder after each test: what a failed test left there would reach later tests."""
-    yield
-    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
-    try:
-        for name in delays.LADDER_QUEUES:
-            channel = connection.channel()
-            try:
-                channel.queue_purge(name)
-                channel.close()
-            except pika.exceptions.ChannelClosedByBroker:
-                pass  # not declared in this vhost yet
-    finally:
-        connection.close()
 
 
 def _message(payload: Any, **options: Any) -> dramatiq.Message[Any]:

@@ -5,9 +5,7 @@ and the producer span's attributes."""
 from __future__ import annotations
 
 import json
-import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -36,22 +34,6 @@ URGENT = TaskContract(
     description="A task whose contract gives it a priority.",
     priority=4,
 )
-
-
-def _rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
-
-
-@pytest.fixture
-def vhost_url(rabbitmq_url: str) -> Iterator[str]:
-    """A virtual host of this test's own (the session's holds `default` without priorities)."""
-    vhost = f"greenroom-test-send-options-{uuid.uuid4().hex[:8]}"
-    _rabbitmqctl("add_vhost", vhost)
-    _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    try:
-        yield f"{rabbitmq_url.rsplit('/', 1)[0]}/{vhost}"
-    finally:
-        _rabbitmqctl("delete_vhost", vhost)
 
 
 @pytest.fixture
