@@ -70,6 +70,23 @@ class _RunningTask(NamedTuple):  # what TaskLogging keeps of the running task; o
 _running: ContextVar[_RunningTask | None] = ContextVar("greenroom_running_task", default=None)
 
 
+#: Dramatiq's own WARNING for every skipped message, quoting its arguments whole.
+DRAMATIQ_SKIP_LINE = "Message %s was skipped."
+
+
+class DramatiqSkipLineFilter(logging.Filter):
+    """Drops Dramatiq's WARNING for a skipped message: the task line (``skipped`` or
+    ``throttled``, at INFO) says so already, with the reason and without the arguments.
+
+    >>> record = logging.makeLogRecord({"name": "dramatiq.worker.WorkerThread", "msg": DRAMATIQ_SKIP_LINE})
+    >>> DramatiqSkipLineFilter().filter(record)
+    False
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == DRAMATIQ_SKIP_LINE and record.name.startswith("dramatiq.worker"))
+
+
 class TaskContextFilter(logging.Filter):
     """Adds message_id, actor, queue and retries to records logged inside a task."""
 

@@ -179,6 +179,7 @@ class GreenroomBroker(DeadLetterArgumentsBroker):
         """
         now = current_millis()
         if delay is not None and delay > 0:
+            delay = min(delay, delays.MAX_DELAY_SECONDS * 1000)  # a throttle's or a retry's, at most 7 days
             message = message.copy(
                 queue_name=q_name(message.queue_name), options={delays.DUE_AT_OPTION: now + delay}
             )

@@ -38,7 +38,7 @@ from typing import Any, Literal
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
-from observability.task_logging import TaskContextFilter
+from observability.task_logging import DramatiqSkipLineFilter, TaskContextFilter
 from observability.tracing import TraceContextFilter
 from shared.log_handler import CurrentStreamHandler
 from shared.log_lines import IMMUTABLE_SCALARS, LINE_ENCODER, bounded_line, iso_utc
@@ -124,6 +124,7 @@ def configure_logging(
     """
     handler = CurrentStreamHandler(stream)
     handler.setFormatter(build_formatter(fmt))
+    handler.addFilter(DramatiqSkipLineFilter())
     handler.addFilter(TaskContextFilter())
     handler.addFilter(TraceContextFilter())
 

@@ -94,6 +94,9 @@ from shared.settings import Settings, SettingsError, get_settings
 from shared.tasks import TASKS, TaskContract, get_task
 from shared.telemetry import ensure_producer_tracing
 
+#: The keywords of send_with_options: a task argument of one of these names is probably meant as one.
+SEND_OPTIONS = frozenset({"delay", "eta", "priority"})
+
 #: How long TaskHandle.result() waits when no timeout is given, in seconds.
 DEFAULT_RESULT_TIMEOUT = 10.0
 
@@ -156,7 +159,18 @@ class Producer:
         contract's priority, if it has one). For example::
 
         producer.send("reports.build", report_id="q3", rows=10_000).message_id   # '0c1f5a3e-...'
+
+        Every keyword is a task argument: a delay, an ETA or a priority goes to
+        :meth:`send_with_options` (a keyword of that name the task does not take says so).
         """
+        contract = _contract(task)
+        misplaced = sorted(SEND_OPTIONS & kwargs.keys() - contract.arguments.model_fields.keys())
+        if misplaced:
+            raise InvalidTaskArguments(
+                contract.name,
+                f"{', '.join(misplaced)}: not an argument of the task; send options go to "
+                f"send_with_options({contract.name!r}, {{...arguments}}, {misplaced[0]}=...)",
+            )
         return self.send_with_options(task, kwargs)
 
     def send_with_options(

@@ -180,7 +180,10 @@ def due_at_ms(*, delay: object, eta: object, now_ms: int) -> int | None:
     if eta is not None:
         delay_ms = _eta_ms(eta) - now_ms
         if delay_ms > MAX_DELAY_SECONDS * 1000:
-            raise InvalidParameter("eta", f"must be at most {MAX_DELAY_SECONDS} seconds (7 days) ahead")
+            raise InvalidParameter(
+                "eta",
+                f"must be at most {MAX_DELAY_SECONDS} seconds (7 days) ahead, got {delay_ms // 1000} s ahead",
+            )
     elif delay is not None:
         delay_ms = math.ceil(_delay_seconds(delay) * 1000)
     else:
@@ -201,10 +204,10 @@ def _delay_seconds(delay: object) -> float:
         except (OverflowError, ValueError):
             seconds = math.inf
     if not math.isfinite(seconds) or seconds < 0:
-        raise InvalidParameter("delay", f"must be a finite number of seconds, 0 or more, got {seconds:g}")
+        raise InvalidParameter("delay", f"must be a finite number of seconds, 0 or more, got {seconds:.12g}")
     if seconds > MAX_DELAY_SECONDS:
         raise InvalidParameter(
-            "delay", f"must be at most {MAX_DELAY_SECONDS} seconds (7 days), got {seconds:g}"
+            "delay", f"must be at most {MAX_DELAY_SECONDS} seconds (7 days), got {seconds:.12g}"
         )
     return seconds
 
@@ -245,7 +248,8 @@ def message_priority(
             "priority", f"must be a whole number from 0 to {MAX_PRIORITY}, got {priority!r:.40}"
         )
     if not 0 <= priority <= MAX_PRIORITY:
-        raise InvalidParameter("priority", f"must be from 0 to {MAX_PRIORITY}, got {priority}")
+        shown = priority if priority.bit_length() <= 64 else f"an integer of {priority.bit_length()} bits"
+        raise InvalidParameter("priority", f"must be from 0 to {MAX_PRIORITY}, got {shown}")
     maximum = max_priorities.get(contract.queue)
     if maximum is None:
         raise InvalidParameter(

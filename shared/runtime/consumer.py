@@ -138,19 +138,37 @@ class GreenroomConsumer(Consumer):
             reason = f"could not be checked ({type(error).__name__})"
             self._reject(method.delivery_tag, body, MessageRejected("body", reason))
             return None
-        if delays.remaining_ms(message.options, int(time.time() * 1000)) > 0:
-            self._delay_again(method.delivery_tag, message)
+        if "eta" in message.options or delays.remaining_ms(message.options, int(time.time() * 1000)) > 0:
+            self._delay_again(method.delivery_tag, body, message)
             return None
         self.unsettled.add(method.delivery_tag)
         return DeliveredMessage(self, method.delivery_tag, method.redelivered, message)
 
-    def _delay_again(self, tag: int, message: Any) -> None:
+    def _delay_again(self, tag: int, body: bytes, message: Any) -> None:
         """A message that arrived before its ``greenroom_due_at`` (clock skew between hosts, a
         forged option) goes back on the delay ladder for the rest of its delay, then is acked:
-        it never runs early. A failed publish raises ConnectionClosed before the ack, so the
-        consumer restarts and RabbitMQ redelivers it."""
-        remaining = delays.remaining_ms(message.options, int(time.time() * 1000))
-        self.broker.enqueue(message.copy(queue_name=q_name(message.queue_name)))
+        it never runs early. So does one with Dramatiq's ``eta`` (left in ``.DQ`` by an older
+        version, or sent by plain Dramatiq), which Dramatiq's worker would hold unacknowledged
+        in memory until due: its eta becomes its due time (one already due goes straight to
+        its queue). A failed publish raises ConnectionClosed before the ack, so the consumer
+        restarts and RabbitMQ redelivers it; one that fails otherwise dead-letters it."""
+        options = dict(message.options)
+        eta = options.pop("eta", None)
+        if eta is not None:
+            options[delays.DUE_AT_OPTION] = max(int(eta), int(options.get(delays.DUE_AT_OPTION) or 0))
+        remaining = delays.remaining_ms(options, int(time.time() * 1000))
+        again = message.copy(queue_name=q_name(message.queue_name))
+        again.options.clear()
+        again.options.update(options)
+        try:
+            self.broker.enqueue(again)
+        except ConnectionClosed:
+            raise
+        except Exception as error:  # the message itself cannot be published: never loop on it
+            self._reject(
+                tag, body, MessageRejected("options", f"could not be delayed ({type(error).__name__})")
+            )
+            return
         self.delayed_again += 1
         logger.debug(
             "Message %s arrived %d ms early on %r: back on the delay ladder",

@@ -48,6 +48,14 @@ def _integer(low: int, high: int) -> OptionCheck:
     return check
 
 
+def _octet(name: str, value: Any, _queue_of_actor: QueueOfActor, _now_ms: int) -> None:
+    """An AMQP octet (a message priority): an integer from 0 to 255, not a float (pika packs it)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        what = excerpt(value) if isinstance(value, float) else kind(value)
+        raise MessageRejected(f"options.{name}", f"must be an integer from 0 to 255, not {what}")
+    check_whole_number(name, value, 0, 255, where="options.")
+
+
 def _boolean(name: str, value: Any, _queue_of_actor: QueueOfActor, _now_ms: int) -> None:
     if not isinstance(value, bool):
         raise MessageRejected(f"options.{name}", f"must be true or false, not {kind(value)}")
@@ -131,7 +139,7 @@ OPTION_CHECKS: dict[str, OptionCheck] = {
     "requeue_timestamp": _recent,
     "greenroom_ready_at": _recent,
     "greenroom_due_at": _recent,
-    "broker_priority": _integer(0, 255),
+    "broker_priority": _octet,
     "delay": _integer(0, MAX_ETA_AHEAD_MS),
     "pipe_target": _pipe_target,
     "pipe_ignore": _boolean,

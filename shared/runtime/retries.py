@@ -40,10 +40,16 @@ class RetriesKeepingFailedEnqueues(Retries):
                 broker, message, result=result, exception=exception
             )
         except BrokerConnectionError as error:
-            message.fail()
-            logger.error(
-                "Could not enqueue the retry of message %s (%s); it is dead-lettered instead "
-                "(greenroom dlq replay brings it back)",
-                message.message_id,
-                str(error) or type(error).__name__,
-            )
+            self._dead_letter(message, str(error) or type(error).__name__)
+        except Exception as error:  # a message that cannot be re-published: never acked unretried
+            self._dead_letter(message, type(error).__name__)
+
+    @staticmethod
+    def _dead_letter(message: MessageProxy, why: str) -> None:
+        message.fail()
+        logger.error(
+            "Could not enqueue the retry of message %s (%s); it is dead-lettered instead "
+            "(greenroom dlq replay brings it back)",
+            message.message_id,
+            why,
+        )

@@ -19,10 +19,10 @@ Concurrency: N ConcurrentRateLimiter slots of one each (a distributed mutex per
 slot), taken at the start and freed once the message is processed or skipped.
 Each slot's key expires ``SLOT_TTL`` after it was taken (the task's time limit
 plus RESULT_STORE_RETRY_SECONDS plus a minute) and only its holder refreshes it,
-so a slot a SIGKILLed worker held frees itself. Rate: a WindowRateLimiter (a
-sliding window of whole seconds) for whole periods up to
-:data:`MAX_WINDOW_SECONDS`, else a BucketRateLimiter (fixed periods, which
-allows up to 2N starts across a period boundary).
+so a slot a SIGKILLed worker held frees itself. Rate: a WindowRateLimiter (it counts
+starts per second of the clock, so any ``per_seconds`` whole seconds hold at most N)
+for whole periods up to :data:`MAX_WINDOW_SECONDS`, else a BucketRateLimiter (fixed
+periods); with either, a stretch across their boundaries may hold up to 2N starts.
 
 The delay before a throttled message runs again (:func:`throttle_delay`), with
 ``k`` the times it was throttled before:

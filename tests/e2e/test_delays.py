@@ -103,15 +103,25 @@ def test_delayed_tasks_wait_on_the_ladder_and_run_when_due(
     assert _unacked(counts) == {}
 
     # Given one more published straight to its queue ahead of its due time (a producer's clock ahead)
-    early = _echo("early", **{delays.DUE_AT_OPTION: int(time.time() * 1000) + 1500})
+    early = _echo("early", **{delays.DUE_AT_OPTION: int(time.time() * 1000) + 4000})
+    # And two with Dramatiq's own eta (plain Dramatiq's producer, an older version's .DQ),
+    # which Dramatiq's worker would hold unacknowledged in memory until due
+    eta = int(time.time() * 1000) + 5000
+    dramatiq_eta = _echo("dramatiq eta", eta=eta)
+    legacy = _echo("legacy .DQ", eta=eta).copy(queue_name="default.DQ")
     connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
-    connection.channel().basic_publish("", "default", early.encode(), pika.BasicProperties(delivery_mode=2))
+    for queue, message in (("default", early), ("default", dramatiq_eta), ("default.DQ", legacy)):
+        connection.channel().basic_publish("", queue, message.encode(), pika.BasicProperties(delivery_mode=2))
     connection.close()
+    wait_for(lambda: _on_ladder(_queues(rabbitmq_url)) >= 3, 5, "the early ones back on the ladder")
+    assert _unacked(_queues(rabbitmq_url)) == {}
 
     # And 200 tasks delayed 1 s, sent over 2 s
     sent = {
         probe.message_id: probe.options[delays.DUE_AT_OPTION],
         early.message_id: early.options[delays.DUE_AT_OPTION],
+        dramatiq_eta.message_id: eta,
+        legacy.message_id: eta,
     }
     for n in range(200):
         message = producer.broker.enqueue(_echo(n), delay=1000)
@@ -145,7 +155,9 @@ def test_retries_back_off_on_the_ladder(
     channel = connection.channel()
     deadline = time.monotonic() + 30
     while worker.count('"event": "succeeded"') == 0 and time.monotonic() < deadline:
-        counts = [channel.queue_declare(q, passive=True).method.message_count for q in delays.LADDER_QUEUES]
+        # bottom level first: a message moving down the ladder is never counted twice
+        bottom_up = reversed(delays.LADDER_QUEUES)
+        counts = [channel.queue_declare(q, passive=True).method.message_count for q in bottom_up]
         seen_on_ladder = max(seen_on_ladder, sum(counts))
     connection.close()
     assert handle.result(timeout=10) == {"source": "erp", "attempts": 3, "status": "synced"}

@@ -120,6 +120,9 @@ CASES = [
     Case(
         "broker_priority out of range", "default", _options(broker_priority=1000), "options.broker_priority"
     ),
+    # A float pika cannot pack as the AMQP priority octet: every re-publish (a retry, back on the
+    # delay ladder) would fail.
+    Case("broker_priority a float", "default", _options(broker_priority=5.0), "options.broker_priority"),
     # Hostile trace context.
     Case(
         "trace context a string",

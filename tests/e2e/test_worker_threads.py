@@ -2,7 +2,8 @@
 
 Dramatiq's threads catch ``Exception`` around each message; a ``BaseException``
 raised by a middleware hook that runs outside that handling (``before_ack`` in a
-worker thread, ``before_delay_message`` in a consumer thread) ends the thread.
+worker thread, ``before_enqueue`` in a consumer thread putting an early message back
+on the delay ladder) ends the thread.
 The test loads such a middleware into real worker processes through a
 ``sitecustomize`` module on PYTHONPATH, which adds it to ``workers.broker`` when
 Dramatiq imports ``workers``.
@@ -10,11 +11,14 @@ Dramatiq imports ``workers``.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import dramatiq
+import pika
 from prometheus_client.parser import text_string_to_metric_families
 
+from shared.delays import DUE_AT_OPTION
 from shared.producer import Producer
 from tests.e2e.conftest import StartWorker
 from tests.support import Worker, http_get, wait_for
@@ -37,7 +41,7 @@ def _install(broker):
             if message.kwargs.get("payload") == "kill-worker-thread":
                 raise ThreadKilled("worker thread")
 
-        def before_delay_message(self, broker, message):
+        def before_enqueue(self, broker, message, delay):
             if message.kwargs.get("payload") == "kill-consumer":
                 raise ThreadKilled("consumer thread")
 
@@ -100,17 +104,23 @@ def test_dead_worker_and_consumer_threads_fail_readiness(
     assert producer.send("echo", payload=1).result(timeout=10) == 1
     assert worker.count("Worker process lost threads: 1 of 2 worker threads died") == 1
 
-    # When: the delay queue's consumer dies
-    producer.broker.enqueue(
-        dramatiq.Message(
-            queue_name="default", actor_name="echo", args=(), kwargs={"payload": "kill-consumer"}, options={}
-        ),
-        delay=10,
+    # When: the queue's consumer dies (putting back a message that arrived before it was due)
+    early = dramatiq.Message(
+        queue_name="default",
+        actor_name="echo",
+        args=(),
+        kwargs={"payload": "kill-consumer"},
+        options={DUE_AT_OPTION: int(time.time() * 1000) + 60_000},
     )
+    connection = pika.BlockingConnection(pika.URLParameters(producer.settings.rabbitmq_url))
+    try:
+        connection.channel().basic_publish("", "default", early.encode())  # past the ladder
+    finally:
+        connection.close()
 
     # Then
     wait_for(
-        lambda: "consumer of default.DQ died" in http_get(worker.url("/readyz"))[1],
+        lambda: "consumer of default died" in http_get(worker.url("/readyz"))[1],
         10,
         "the consumer's death",
     )

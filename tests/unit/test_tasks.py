@@ -47,6 +47,7 @@ def test_every_production_contract_is_on_a_named_queue_and_the_bench_task_on_non
     # Then every task is on default or reports, and the bench's task is not there
     assert json.loads(listed) == {
         "echo": "default",
+        "echo_async": "default",
         "fail": "default",
         "reports.build": "reports",
         "reports.sync_inventory": "reports",
