@@ -44,7 +44,7 @@ def test_concurrency_limit_holds_across_two_worker_processes(
         5,
         "greenroom_tasks_total{outcome=throttled} to match the throttled lines",
     )
-    assert worker.outcome_count(LIMITED.name, "success") == 16
+    wait_for(lambda: worker.outcome_count(LIMITED.name, "success") == 16, 5, "16 counted success")
     assert worker.outcome_count(LIMITED.name, "failure") == 0
     # And: every slot was freed
     slots = [notes.get(f"greenroom-limits:concurrency:{LIMITED.name}:{slot}") for slot in range(2)]
