@@ -38,6 +38,11 @@ from observability.opentelemetry_compat import (
 ACTOR_ATTRIBUTE = "dramatiq.actor.name"
 RETRIES_ATTRIBUTE = "dramatiq.message.retries"
 SKIPPED_ATTRIBUTE = "dramatiq.message.skipped"
+CANCELLED_ATTRIBUTE = "greenroom.task.cancelled"
+#: A workflow step's workflow (its id, its kind: pipeline or group) and its position in it.
+WORKFLOW_ID_ATTRIBUTE = "greenroom.workflow.id"
+WORKFLOW_KIND_ATTRIBUTE = "greenroom.workflow.kind"
+WORKFLOW_STEP_ATTRIBUTE = "greenroom.workflow.step"
 PRIORITY_ATTRIBUTE = "dramatiq.message.broker_priority"
 DELAY_ATTRIBUTE = "dramatiq.message.delay_ms"
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-OUTCOMES = ("success", "retry", "failure", "skipped", "throttled")
+OUTCOMES = ("success", "retry", "failure", "skipped", "throttled", "cancelled")
 
 TASKS_NAME = "greenroom_tasks"
 DURATION_NAME = "greenroom_task_duration_seconds"

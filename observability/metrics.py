@@ -42,7 +42,7 @@ from observability.metric_families import CAPACITY, OUTCOMES, REJECTED, TASKS
 from observability.periodic import Periodic
 from observability.redelivery_report import RedeliveryReport
 from observability.task_figures import Finished, Series, Started, TaskFigures, Waited
-from observability.task_logging import skip_outcome
+from observability.task_logging import skip_outcome, was_cancelled
 from observability.thread_watch import ThreadWatch
 from observability.worker_registry import READY, STOPPING, WorkerRegistry
 
@@ -160,10 +160,13 @@ class Metrics(Middleware):
         if exception is None:
             self._finish(message, "success")
             return
+        if was_cancelled(message):  # interrupted while running
+            self._finish(message, "cancelled")
+            return
         self._finish(message, "failure" if message.failed else "retry")
 
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
-        self._finish(message, skip_outcome(broker, message).outcome)  # skipped, throttled or failure
+        self._finish(message, skip_outcome(broker, message).outcome)  # skipped, throttled, cancelled, failure
 
     def after_reject_message(self, broker: dramatiq.Broker, queue_name: str, rejection: Any) -> None:
         """A body failed its checks on arrival (:mod:`shared.runtime.consumer`); rare, so counted at once."""

@@ -27,6 +27,9 @@ Events of the per-task line (field ``event``):
   (:mod:`shared.runtime.task_limits`): not run now, put back on its queue with a
   delay (fields ``reason``, ``retry_in_seconds``, ``throttles``); not a failure,
   its retries untouched.
+- ``cancelled``: the task was cancelled (``greenroom cancel``, ``handle.cancel()``):
+  skipped when a worker got it, or interrupted while running because its contract
+  is ``cancellable``; not a failure, not retried, acknowledged.
 
 :func:`skip_outcome` tells a skip's event and metric outcome; Metrics counts with it.
 """
@@ -48,6 +51,10 @@ logger = logging.getLogger("greenroom.task")
 #: The option a worker sets on a message it throttles, once its copy is back on the queue:
 #: the task line's fields. Never published (the message is acknowledged) nor accepted on arrival.
 THROTTLED_OPTION = "greenroom_throttled"
+#: The option a worker sets on a message it skips or interrupts because it was cancelled
+#: (for the task line, the metrics and a workflow's later steps). Never published nor
+#: accepted on arrival.
+CANCELLED_OPTION = "greenroom_cancelled"
 
 
 class SkipOutcome(NamedTuple):
@@ -160,6 +167,8 @@ def skip_outcome(broker: dramatiq.Broker, message: MessageProxy) -> SkipOutcome:
     >>> skip_outcome(StubBroker(), proxy)[0::3]
     ('throttled', 'throttled')
     """
+    if was_cancelled(message):
+        return SkipOutcome("cancelled", logging.INFO, {}, "cancelled")
     throttled = message.options.get(THROTTLED_OPTION)
     if isinstance(throttled, dict) and not message.failed:
         return SkipOutcome("throttled", logging.INFO, dict(throttled), "throttled")
@@ -174,6 +183,17 @@ def skip_outcome(broker: dramatiq.Broker, message: MessageProxy) -> SkipOutcome:
     return SkipOutcome("dead-lettered", logging.WARNING, {}, "failure")
 
 
+def was_cancelled(message: MessageProxy) -> bool:
+    """Whether ``message`` was cancelled (skipped, or interrupted while running) rather than failed.
+
+    >>> proxy = MessageProxy(dramatiq.Message("default", "echo", (), {}, {}))
+    >>> proxy.options[CANCELLED_OPTION] = True
+    >>> was_cancelled(proxy)
+    True
+    """
+    return message.options.get(CANCELLED_OPTION) is True and not message.failed
+
+
 def _actor_option(broker: dramatiq.Broker, message: MessageProxy, name: str) -> Any:
     try:
         return broker.get_actor(message.actor_name).options.get(name)
@@ -186,6 +206,8 @@ def _outcome(
 ) -> tuple[str, int, dict[str, Any]]:
     if exception is None:
         return "succeeded", logging.INFO, {}
+    if was_cancelled(message):
+        return "cancelled", logging.INFO, {"reason": "interrupted while running"}
     fields: dict[str, Any] = {"error": f"{type(exception).__name__}: {exception}"}
     if not message.failed:
         return "retrying", logging.WARNING, fields

@@ -36,17 +36,24 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, Trac
 
 from observability.messaging_spans import (
     ACTOR_ATTRIBUTE,
+    CANCELLED_ATTRIBUTE,
     RETRIES_ATTRIBUTE,
     SKIPPED_ATTRIBUTE,
+    WORKFLOW_ID_ATTRIBUTE,
+    WORKFLOW_KIND_ATTRIBUTE,
+    WORKFLOW_STEP_ATTRIBUTE,
     SpanShapes,
     record_error,
     send_option_attributes,
 )
 from observability.opentelemetry_compat import MESSAGING_MESSAGE_ID
+from observability.task_logging import was_cancelled
 from observability.trace_carriers import NO_CONTEXT, ProducerContexts, QuotedHeaderExcerpts
 
 #: The message option that carries the W3C trace context (and baggage) headers.
 TRACE_CONTEXT_OPTION = "greenroom_trace_context"
+#: The message option of a workflow step: ``{"id": ..., "kind": "pipeline" or "group", "step": n}``.
+WORKFLOW_OPTION = "greenroom_workflow"
 
 _INSTRUMENTATION = "greenroom.observability.tracing"
 
@@ -184,6 +191,11 @@ class Tracing(Middleware):
         attributes[MESSAGING_MESSAGE_ID] = message.message_id
         attributes[ACTOR_ATTRIBUTE] = message.actor_name
         attributes[RETRIES_ATTRIBUTE] = int(message.options.get("retries", 0))
+        workflow = message.options.get(WORKFLOW_OPTION)
+        if isinstance(workflow, dict):  # checked on arrival (shared.runtime.option_checks)
+            attributes[WORKFLOW_ID_ATTRIBUTE] = workflow["id"]
+            attributes[WORKFLOW_KIND_ATTRIBUTE] = workflow["kind"]
+            attributes[WORKFLOW_STEP_ATTRIBUTE] = workflow["step"]
         start_consumer_span = self._consumer_span_starter()
         if start_consumer_span is not None:
             span = start_consumer_span(name, parent=parent, attributes=attributes, links=producer.links)
@@ -220,7 +232,9 @@ class Tracing(Middleware):
         current = self._processing.pop(threading.get_ident(), None)
         if current is None:
             return
-        if exception is not None:
+        if exception is not None and was_cancelled(message):
+            current.span.set_attribute(CANCELLED_ATTRIBUTE, True)
+        elif exception is not None:
             record_error(current.span, exception)
         _detach(current.token)
         current.span.end()
@@ -231,6 +245,8 @@ class Tracing(Middleware):
             return
         if current.span.is_recording():
             current.span.set_attribute(SKIPPED_ATTRIBUTE, True)
+            if was_cancelled(message):
+                current.span.set_attribute(CANCELLED_ATTRIBUTE, True)
             if message.failed:
                 current.span.set_status(Status(StatusCode.ERROR, "skipped and dead-lettered"))
         _detach(current.token)

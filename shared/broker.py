@@ -298,8 +298,10 @@ def middleware_stack(
     written after every other middleware has shut down, Tracing keeps the
     consumer span current around everything else, TaskLogging (next) writes
     its line after Retries has decided whether a failed message retries or
-    dies, AsyncIO starts the event loop thread async actors run on, and
-    freezing the boot objects comes after every other boot step.
+    dies, Cancellation skips a cancelled message before AgeLimit and TaskLimits see it,
+    the workflow middleware publishes a step's next step after Results stored its
+    result and marks later steps once Retries has failed one, AsyncIO starts the
+    event loop thread async actors run on, and freezing the boot objects comes after every other boot step.
     """
     retry_options: dict[str, Any] = {
         "max_retries": settings.TASK_MAX_RETRIES,
@@ -310,31 +312,39 @@ def middleware_stack(
     after_task_logging: list[Middleware] = []
     last: list[Middleware] = []
     limits: list[Middleware] = []  # TaskLimits: after AgeLimit (too old: no slot), before TimeLimit
+    cancellation: list[Middleware] = []  # before AgeLimit and TaskLimits: a cancelled message takes no slot
+    workflows: list[Middleware] = []  # before Retries (their after_* hooks see its verdict) and Results
     retries: Middleware = Retries(**retry_options)
     if role == "worker":
         from shared.runtime.batched_logs import BatchedWorkerLogs
         from shared.runtime.boot_freeze import FreezeBootObjects
+        from shared.runtime.cancellation import Cancellation
         from shared.runtime.metrics_setup import metrics_middleware
         from shared.runtime.retries import RetriesKeepingFailedEnqueues
         from shared.runtime.task_limits import TaskLimits
         from shared.runtime.term_signals import CoalesceTermSignals
+        from shared.runtime.workflow_steps import workflow_middleware
 
         first = [BatchedWorkerLogs()]
         after_task_logging = [metrics_middleware(settings), CoalesceTermSignals()]
         retries = RetriesKeepingFailedEnqueues(**retry_options)
         limits = [TaskLimits(settings)]
+        cancellation = [Cancellation(settings)]
+        workflows = workflow_middleware(settings)
         last = [AsyncIO(), FreezeBootObjects()]
     return [
         *first,
         *tracing_middleware(settings, role, tracer_provider),
         TaskLogging(),
         *after_task_logging,
+        *cancellation,
         AgeLimit(),
         *limits,
         TimeLimit(time_limit=int(settings.TASK_TIME_LIMIT_SECONDS * 1000)),
         ShutdownNotifications(),
         Callbacks(),
         Pipelines(),
+        *workflows,
         retries,
         CurrentMessage(),
         Results(

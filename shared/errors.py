@@ -9,7 +9,8 @@ Every message is one line, with any quoted input cut to a short excerpt.
     ├── InvalidTaskArguments   (ValueError)   arguments break the contract; nothing published
     ├── InvalidParameter       (ValueError)   another parameter is unusable (a timeout, an id)
     ├── InvalidSettings        (ValueError)   the environment holds a bad setting
-    ├── TaskFailed                            the task finally failed
+    ├── TaskFailed                            the task finally failed (or a workflow step did)
+    ├── TaskCancelled                         the task was cancelled (or a workflow step was)
     ├── ResultTimeout          (TimeoutError) no result in time
     ├── ResultUnavailable      (ConnectionError) Redis could not be read
     ├── PublishError           (ConnectionError) RabbitMQ did not confirm
@@ -87,6 +88,17 @@ class TaskFailed(GreenroomError):
         self.message_id = message_id
         self.error_type = error_type
         self.error = error
+
+
+class TaskCancelled(GreenroomError):
+    """The task was cancelled before it finished (skipped before it started, or interrupted
+    because its contract is ``cancellable``); in a workflow, the step named was, so the
+    steps after it never ran."""
+
+    def __init__(self, task: str, message_id: str) -> None:
+        super().__init__(f"task {task!r} (message {message_id}) was cancelled")
+        self.task = task
+        self.message_id = message_id
 
 
 class ResultTimeout(GreenroomError, TimeoutError):

@@ -66,6 +66,7 @@ from opentelemetry.trace import TracerProvider
 from observability.tracing import Tracing
 from shared.backoff import Backoff, retry_with_backoff
 from shared.broker import GreenroomBroker, build_broker, build_result_backend
+from shared.cancellation import CancelReport
 from shared.errors import (
     InvalidParameter,
     InvalidSettings,
@@ -75,7 +76,6 @@ from shared.errors import (
     ResultRefused,
     ResultTimeout,
     ResultUnavailable,
-    TaskFailed,
     UnknownTask,
 )
 from shared.producer_checks import (
@@ -88,6 +88,7 @@ from shared.producer_checks import (
     timeout_seconds,
 )
 from shared.publishing import BatchPublisher
+from shared.result_marks import raise_for_failure
 from shared.results import RedisResultBackend
 from shared.service_refusals import outage_line, redis_refusal_line, refusal_line
 from shared.settings import Settings, SettingsError, get_settings
@@ -118,13 +119,24 @@ class TaskHandle:
         """Wait up to ``timeout`` seconds for the task's return value.
 
         ``timeout`` is a finite number of seconds, however long (0 or less: look
-        once). Raises TaskFailed if the task finally failed, ResultTimeout if
+        once). Raises TaskFailed if the task finally failed, TaskCancelled if it was
+        cancelled, ResultTimeout if
         nothing arrived in time, ResultUnavailable if Redis could not be read,
         InvalidParameter for a timeout that is not a finite number. For example::
 
             send("echo", payload="hi").result(timeout=0.5)   # 'hi'
         """
         return self.producer.result_of(self.task, self.message_id, timeout=timeout)
+
+    def cancel(self) -> CancelReport:
+        """Cancel the task: skipped if it has not started, interrupted if it runs and its
+        contract is ``cancellable``. The report says which (a finished task: not cancelled).
+        For example::
+
+            send("echo", payload=1).cancel().status   # 'cancelled'
+        """
+        (report,) = self.producer.cancel(self.message_id)
+        return report
 
 
 class Producer:
@@ -233,11 +245,37 @@ class Producer:
             task_message(contract, kwargs, max_bytes=self.settings.MAX_MESSAGE_BYTES, options=options)
             for kwargs in keyword_batch(contract, many_kwargs)
         ]
+        self.publish_batch(messages, contract.queue, options)
+        return [TaskHandle(contract.name, m.message_id, self) for m in messages]
+
+    def publish_batch(
+        self, messages: Sequence[dramatiq.Message[Any]], queue_name: str, options: Mapping[str, Any]
+    ) -> None:
+        """Record ``messages`` for cancellation, then publish them as one traced batch
+        (one ``send <queue_name>`` span, ``options`` its attributes) with publisher confirms.
+
+        For ``send_many`` and workflows (:mod:`shared.workflows`). For example::
+
+            producer.publish_batch(messages, "default", {})
+        """
+        self.register_sent(messages)
         tracing = self._tracing()
-        batch = tracing.publishing_batch(contract.queue, len(messages), options) if tracing else nullcontext()
+        batch = tracing.publishing_batch(queue_name, len(messages), options) if tracing else nullcontext()
         with batch:
             self.publish_confirmed(messages, f"a batch of {len(messages)}")
-        return [TaskHandle(contract.name, m.message_id, self) for m in messages]
+
+    def register_sent(self, messages: Sequence[dramatiq.Message[Any]]) -> None:
+        """Record ``messages`` in Redis as sent, so that a cancel finds them
+        (:func:`shared.cancellation.register_sent`)."""
+        # SKELETON: helper C implements (send_with_options calls it too).
+
+    def cancel(self, *message_ids: str) -> list[CancelReport]:
+        """Cancel the messages ``message_ids`` (:func:`shared.cancellation.cancel`); one report each.
+        For example::
+
+            producer.cancel("6b8e...")[0].line   # 'message 6b8e... (task echo): cancelled'
+        """
+        raise NotImplementedError("SKELETON: helper C implements")
 
     def publish_confirmed(self, messages: Sequence[dramatiq.Message[Any]], what: str) -> None:
         """Publish ready-made ``messages`` with publisher confirms, whatever
@@ -281,7 +319,7 @@ class Producer:
         except (DecodeError, KeyError, TypeError, ValueError):  # not what a worker stores
             raise ResultUnavailable(contract.name, message_id, "the stored result is not valid") from None
         except ResultFailure as failure:
-            raise TaskFailed(contract.name, message_id, failure.orig_exc_type, failure.orig_exc_msg) from None
+            raise_for_failure(contract.name, message_id, failure)
 
     def _options(
         self, contract: TaskContract, *, delay: object, eta: object, priority: object
@@ -413,3 +451,20 @@ def result_of(task: str, message_id: str, *, timeout: float = DEFAULT_RESULT_TIM
     result_of("echo", "6b8e9d4a-...", timeout=5)   # {'x': 1}
     """
     return default_producer().result_of(task, message_id, timeout=timeout)
+
+
+# Workflows are sent from here too: ``from shared.producer import pipeline, group, step``.
+from shared.workflows import group, pipeline, step  # noqa: E402
+
+__all__ = [
+    "Producer",
+    "TaskHandle",
+    "default_producer",
+    "group",
+    "pipeline",
+    "result_of",
+    "send",
+    "send_many",
+    "send_with_options",
+    "step",
+]

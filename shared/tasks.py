@@ -76,7 +76,9 @@ class TaskContract:
     backoff, time limit), to RESULT_TTL_SECONDS, or to no limit at all (age,
     priority, concurrency, rate). ``retry_on`` names the exception types that
     retry; any other exception dead-letters the message at once (``None``:
-    every exception retries). Declaring one registers it in :data:`TASKS`.
+    every exception retries). ``cancellable``: a cancel interrupts the task while it
+    runs, as a time limit does (otherwise a running task finishes; one not started is
+    skipped either way). Declaring one registers it in :data:`TASKS`.
     """
 
     name: str
@@ -94,6 +96,7 @@ class TaskContract:
     priority: int | None = None
     concurrency_limit: int | None = None
     rate_limit: RateLimit | None = None
+    cancellable: bool = False
 
     def __post_init__(self) -> None:
         _check_policy(self)
@@ -131,6 +134,8 @@ def _check_policy(contract: TaskContract) -> None:
             refuse(
                 field, f"must be a number of seconds above 0 and at most {MAX_POLICY_SECONDS}, not {value!r}"
             )
+    if not isinstance(contract.cancellable, bool):
+        refuse("cancellable", f"must be True or False, not {contract.cancellable!r}")
     if contract.max_retries is not None and not 0 <= contract.max_retries <= 100:
         refuse("max_retries", "must be between 0 and 100")
     if contract.result_ttl_seconds is not None and contract.result_ttl_seconds <= 0:

@@ -28,6 +28,11 @@ MAX_CLOCK_SKEW_MS = 3_600_000
 MAX_MESSAGE_AGE_MS = 366 * DAY_MS
 #: The most steps a pipeline (``pipe_target`` within ``pipe_target`` ...) may have.
 MAX_PIPELINE_STEPS = 100
+#: The most completion messages a group member carries, and the highest step number of a workflow.
+MAX_COMPLETION_CALLBACKS = 1
+MAX_WORKFLOW_STEPS = 100_000
+#: Longest identifier (a workflow or group id, the argument a step's result is piped as).
+MAX_KEY_CHARS = 100
 
 #: The trace-context carrier (W3C traceparent, tracestate, baggage): its size per entry and in all.
 MAX_CARRIER_ENTRIES = 8
@@ -77,31 +82,70 @@ def _recent(name: str, value: Any, _queue_of_actor: QueueOfActor, now_ms: int) -
 
 
 def _pipe_target(name: str, value: Any, queue_of_actor: QueueOfActor, now_ms: int) -> None:
-    """The next message of a pipeline: a whole message, sent on to its own actor's queue."""
+    """The next message of a pipeline (Dramatiq's ``pipe_target``, greenroom's ``greenroom_next``):
+    a whole message, sent on to its own actor's queue."""
     if not isinstance(value, dict):
         raise MessageRejected(f"options.{name}", f"must be a message object, not {kind(value)}")
-    if _pipeline_steps(value) > MAX_PIPELINE_STEPS:
+    if _pipeline_steps(value, name) > MAX_PIPELINE_STEPS:
         raise MessageRejected(f"options.{name}", f"a pipeline of more than {MAX_PIPELINE_STEPS} steps")
+    _check_message(f"options.{name}", value, queue_of_actor, now_ms, chained_by=name)
+
+
+def _check_message(
+    field: str, value: Any, queue_of_actor: QueueOfActor, now_ms: int, *, chained_by: str | None = None
+) -> None:
+    """``value`` is a whole message (one a middleware will publish), sent to its actor's queue."""
+    if not isinstance(value, dict):
+        raise MessageRejected(field, f"must be a message object, not {kind(value)}")
     target_queue = value.get("queue_name")
     if not isinstance(target_queue, str):
-        raise MessageRejected(f"options.{name}.queue_name", "must be a string")
+        raise MessageRejected(f"{field}.queue_name", "must be a string")
     try:
-        from shared.runtime.message_checks import check_fields  # a pipeline's next step is a whole message
+        from shared.runtime.message_checks import check_fields  # a message within a message
 
         check_fields(value, target_queue, queue_of_actor, now_ms)
     except MessageRejected as inner:
-        nested = "options.pipe_target" if inner.field.startswith("options.pipe_target") else inner.field
-        raise MessageRejected(f"options.{name}.{nested}", inner.reason) from None
+        chain = f"options.{chained_by}"
+        nested = chain if chained_by and inner.field.startswith(chain) else inner.field
+        raise MessageRejected(f"{field}.{nested}", inner.reason) from None
 
 
-def _pipeline_steps(target: Any) -> int:
+def _pipeline_steps(target: Any, chained_by: str) -> int:
     """How many messages are chained from ``target`` on (counted without recursion)."""
     steps = 0
     while isinstance(target, dict) and steps <= MAX_PIPELINE_STEPS:
         steps += 1
         options = target.get("options")
-        target = options.get("pipe_target") if isinstance(options, dict) else None
+        target = options.get(chained_by) if isinstance(options, dict) else None
     return steps
+
+
+def _completion_callbacks(name: str, value: Any, queue_of_actor: QueueOfActor, now_ms: int) -> None:
+    """Dramatiq's ``group_completion_callbacks``: the messages a group's last member sends."""
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_COMPLETION_CALLBACKS:
+        raise MessageRejected(
+            f"options.{name}", f"must be a list of 1 to {MAX_COMPLETION_CALLBACKS} messages"
+        )
+    for index, callback in enumerate(value):
+        _check_message(f"options.{name}[{index}]", callback, queue_of_actor, now_ms)
+
+
+def _key(name: str, value: Any, _queue_of_actor: QueueOfActor, _now_ms: int) -> None:
+    """An identifier that becomes part of a Redis key or an argument name: a short string."""
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_KEY_CHARS:
+        raise MessageRejected(f"options.{name}", f"must be a string of 1 to {MAX_KEY_CHARS} chars")
+
+
+def _workflow(name: str, value: Any, _queue_of_actor: QueueOfActor, _now_ms: int) -> None:
+    """A workflow step's place: ``{"id": str, "kind": "pipeline" or "group", "step": int}``."""
+    field = f"options.{name}"
+    if not isinstance(value, dict) or set(value) != {"id", "kind", "step"}:
+        raise MessageRejected(field, 'must be an object with "id", "kind" and "step"')
+    if not isinstance(value["id"], str) or not 1 <= len(value["id"]) <= MAX_KEY_CHARS:
+        raise MessageRejected(f"{field}.id", f"must be a string of 1 to {MAX_KEY_CHARS} chars")
+    if value["kind"] not in ("pipeline", "group"):
+        raise MessageRejected(f"{field}.kind", 'must be "pipeline" or "group"')
+    check_whole_number(f"{name}.step", value["step"], 0, MAX_WORKFLOW_STEPS, where="options.")
 
 
 def _trace_context(name: str, value: Any, _queue_of_actor: QueueOfActor, _now_ms: int) -> None:
@@ -144,6 +188,12 @@ OPTION_CHECKS: dict[str, OptionCheck] = {
     "pipe_target": _pipe_target,
     "pipe_ignore": _boolean,
     "greenroom_throttles": _integer(0, 1_000_000),  # times a limit put it back (task_limits)
+    # Workflows (shared.workflows, shared.runtime.workflow_steps).
+    "greenroom_next": _pipe_target,
+    "greenroom_pipe_as": _key,
+    "greenroom_workflow": _workflow,
+    "group_completion_uuid": _key,
+    "group_completion_callbacks": _completion_callbacks,
     TRACE_CONTEXT_OPTION: _trace_context,
     # A task's policy: a message may not raise its retries, limits or TTL, or add callbacks
     # that publish to other queues (producers never set these).
@@ -161,6 +211,7 @@ OPTION_CHECKS: dict[str, OptionCheck] = {
     "throws": _forbidden,
     "retry_when": _forbidden,
     "greenroom_throttled": _forbidden,  # the worker's note on a message it throttles, never sent
+    "greenroom_cancelled": _forbidden,  # the worker's note on a message it cancels, never sent
 }
 
 

@@ -1,4 +1,4 @@
-"""Retries whose re-enqueue can fail without losing the message.
+"""Retries whose re-enqueue can fail without losing the message, and that never retry a cancel.
 
 Dramatiq's Retries re-enqueues a failed message from the worker thread. When
 that publish fails (RabbitMQ unreachable, or blocking publishers during a
@@ -8,7 +8,8 @@ error handler and the original message would then be acknowledged: the retry
 lost. Here the message is failed instead, so it is dead-lettered (``greenroom
 dlq replay`` brings it back) and the task line says ``failed``.
 :func:`shared.broker.middleware_stack` puts it in a worker's middleware list in
-place of Dramatiq's Retries.
+place of Dramatiq's Retries. A task interrupted because it was cancelled
+(:mod:`shared.runtime.cancellation`) is neither retried nor failed: it is acknowledged.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import dramatiq
 from dramatiq.broker import MessageProxy
 from dramatiq.errors import BrokerConnectionError
 from dramatiq.middleware import Retries
+
+from observability.task_logging import was_cancelled
 
 logger = logging.getLogger("greenroom.retries")
 
@@ -35,6 +38,8 @@ class RetriesKeepingFailedEnqueues(Retries):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
+        if exception is not None and was_cancelled(message):  # interrupted by a cancel: done, not failed
+            return
         try:
             super().after_process_message(  # type: ignore[no-untyped-call]
                 broker, message, result=result, exception=exception

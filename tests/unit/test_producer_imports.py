@@ -23,6 +23,7 @@ PRODUCER_MODULES = {
     "shared",
     "shared.backoff",
     "shared.broker",
+    "shared.cancellation",
     "shared.contracts",
     "shared.contracts.diagnostics",
     "shared.contracts.reports",
@@ -34,6 +35,7 @@ PRODUCER_MODULES = {
     "shared.producer_checks",
     "shared.publishing",
     "shared.queue_arguments",
+    "shared.result_marks",
     "shared.results",
     "shared.service_refusals",
     "shared.service_urls",
@@ -41,6 +43,7 @@ PRODUCER_MODULES = {
     "shared.strict_json",
     "shared.tasks",
     "shared.telemetry",
+    "shared.workflows",
 }
 
 #: What a producer must never load, whatever the list above becomes.
