@@ -32,6 +32,15 @@ from shared.settings import Settings, load_settings
 RABBITMQ_HOST = os.environ.get("GREENROOM_TEST_RABBITMQ", "127.0.0.1:5672")
 REDIS_TEST_URL = os.environ.get("GREENROOM_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
 
+#: What greenroom writes to Redis (results, cancellations, the sent-message registry, group
+#: barriers): the redis_url fixture deletes keys with these prefixes after the session.
+GREENROOM_REDIS_PREFIXES = (
+    f"{RESULTS_NAMESPACE}:",
+    "greenroom-sent:",
+    "greenroom-cancellations",
+    "greenroom-group:",
+)
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _collect_what_each_module_leaves() -> Iterator[None]:
@@ -75,9 +84,10 @@ def redis_url() -> Iterator[str]:
     try:
         yield REDIS_TEST_URL
     finally:
-        keys = list(client.scan_iter(f"{RESULTS_NAMESPACE}:*", count=1000))
-        if keys:
-            client.delete(*keys)
+        for prefix in GREENROOM_REDIS_PREFIXES:
+            keys = list(client.scan_iter(f"{prefix}*", count=1000))
+            if keys:
+                client.delete(*keys)
         client.close()
 
 

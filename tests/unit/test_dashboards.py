@@ -10,6 +10,13 @@ from typing import Any
 import pytest
 import yaml
 
+from observability.messaging_spans import (
+    ACTOR_ATTRIBUTE,
+    CANCELLED_ATTRIBUTE,
+    WORKFLOW_ID_ATTRIBUTE,
+    WORKFLOW_KIND_ATTRIBUTE,
+    WORKFLOW_STEP_ATTRIBUTE,
+)
 from tests.support import REPO
 
 GRAFANA = REPO / "observability" / "grafana"
@@ -96,3 +103,20 @@ def test_dashboard_provider_points_at_the_dashboards_folder() -> None:
     config = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "dashboards.yml").read_text())
     [provider] = config["providers"]
     assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
+
+
+def test_the_drill_down_lists_a_workflows_steps_by_the_attributes_spans_carry() -> None:
+    drill_down = json.loads((GRAFANA / "dashboards" / "greenroom-task.json").read_text())
+    [panel] = [p for p in _panels(drill_down) if p["title"] == "Workflow steps"]
+    [target] = panel["targets"]
+    assert target["queryType"] == "traceql" and target["tableType"] == "spans"
+    query = target["query"]
+    for attribute in (
+        WORKFLOW_ID_ATTRIBUTE,
+        WORKFLOW_KIND_ATTRIBUTE,
+        WORKFLOW_STEP_ATTRIBUTE,
+        ACTOR_ATTRIBUTE,
+        CANCELLED_ATTRIBUTE,
+    ):
+        assert f"span.{attribute}" in query, attribute
+    assert '=~ "$actor"' in query
