@@ -46,6 +46,7 @@ POLICY_FIELDS = (
     "priority",
     "concurrency_limit",
     "rate_limit",
+    "cancellable",
 )
 
 #: What ``None`` means for the fields without a setting.

@@ -17,6 +17,7 @@ def test_limits_and_retry_policies_are_shown_with_their_source() -> None:
 
     assert ["concurrency_limit", "2", "contract"] in limited
     assert ["store_results", "no", "contract"] in limited
+    assert ["cancellable", "no", "contract"] in limited
     assert ["rate_limit", "4", "per", "2", "s", "contract"] in rated
     assert ["retry_on", "ConnectionError", "contract"] in flaky
     assert ["max_backoff_seconds", "0.2", "s", "contract"] in flaky
