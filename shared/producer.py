@@ -64,9 +64,11 @@ from dramatiq.results import ResultTimeout as DramatiqResultTimeout
 from opentelemetry.trace import TracerProvider
 
 from observability.tracing import Tracing
+from shared import cancellation
 from shared.backoff import Backoff, retry_with_backoff
 from shared.broker import GreenroomBroker, build_broker, build_result_backend
-from shared.cancellation import CancelReport
+from shared.cancellation import CancelRefused, CancelReport, CancelUnavailable
+from shared.delays import remaining_ms
 from shared.errors import (
     InvalidParameter,
     InvalidSettings,
@@ -213,6 +215,7 @@ class Producer:
                 contract.name, f"kwargs must be a mapping of keyword arguments, got {type(kwargs).__name__}"
             )
         message = task_message(contract, kwargs, max_bytes=self.settings.MAX_MESSAGE_BYTES, options=options)
+        self.register_sent([message])
         self._publish(message)
         return TaskHandle(contract.name, message.message_id, self)
 
@@ -266,16 +269,55 @@ class Producer:
 
     def register_sent(self, messages: Sequence[dramatiq.Message[Any]]) -> None:
         """Record ``messages`` in Redis as sent, so that a cancel finds them
-        (:func:`shared.cancellation.register_sent`)."""
-        # SKELETON: helper C implements (send_with_options calls it too).
+        (:func:`shared.cancellation.register_sent`), each until its delay and its result
+        TTL have passed. Redis unreachable: one WARNING line, and the send goes on
+        (RabbitMQ has the message; only a cancel will not find it)."""
+        if not messages:
+            return
+        now_ms = int(time.time() * 1000)
+        try:
+            cancellation.register_sent(
+                self.backend.client,
+                messages,
+                [remaining_ms(m.options, now_ms) + self._result_ttl_ms(m.actor_name) for m in messages],
+            )
+        except redis.RedisError as error:  # its messages name the host, never a password
+            first = messages[0].message_id
+            more = f" and {len(messages) - 1} more" if len(messages) > 1 else ""
+            logger.warning(
+                "Could not record message %s%s for cancellation (Redis: %s); a cancel will not find it",
+                first, more, redis_refusal_line(error, self.settings) or outage_line(error),
+            )  # fmt: skip
 
     def cancel(self, *message_ids: str) -> list[CancelReport]:
         """Cancel the messages ``message_ids`` (:func:`shared.cancellation.cancel`); one report each.
         For example::
 
             producer.cancel("6b8e...")[0].line   # 'message 6b8e... (task echo): cancelled'
+
+        Raises InvalidParameter for an id that is not one (nothing cancelled), CancelUnavailable
+        when Redis cannot be reached (CancelRefused when it refuses REDIS_URL).
         """
-        raise NotImplementedError("SKELETON: helper C implements")
+        for message_id in message_ids:
+            check_message_id(message_id)
+        try:
+            return cancellation.cancel(
+                self.backend.client,
+                self.backend,
+                list(message_ids),
+                min_ttl_ms=round(self.settings.RESULT_TTL_SECONDS * 1000),
+            )
+        except redis.RedisError as error:
+            refused = redis_refusal_line(error, self.settings)
+            if refused is not None:
+                raise CancelRefused(f"could not cancel: {refused}") from None
+            raise CancelUnavailable(f"could not cancel: Redis unavailable: {outage_line(error)}") from None
+
+    def _result_ttl_ms(self, task: str) -> int:
+        """The result TTL of ``task`` in ms (as :mod:`shared.task_policies` resolves it)."""
+        contract = TASKS.get(task)
+        seconds = contract.result_ttl_seconds if contract is not None else None
+        return round((seconds or self.settings.RESULT_TTL_SECONDS) * 1000)
 
     def publish_confirmed(self, messages: Sequence[dramatiq.Message[Any]], what: str) -> None:
         """Publish ready-made ``messages`` with publisher confirms, whatever
@@ -453,12 +495,22 @@ def result_of(task: str, message_id: str, *, timeout: float = DEFAULT_RESULT_TIM
     return default_producer().result_of(task, message_id, timeout=timeout)
 
 
+def cancel(*message_ids: str) -> list[CancelReport]:
+    """Cancel messages sent earlier with the default producer. See :meth:`Producer.cancel`.
+    For example::
+
+    [report.status for report in cancel(handle.message_id)]   # ['cancelled']
+    """
+    return default_producer().cancel(*message_ids)
+
+
 # Workflows are sent from here too: ``from shared.producer import pipeline, group, step``.
 from shared.workflows import group, pipeline, step  # noqa: E402
 
 __all__ = [
     "Producer",
     "TaskHandle",
+    "cancel",
     "default_producer",
     "group",
     "pipeline",
