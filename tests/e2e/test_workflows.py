@@ -1,0 +1,306 @@
+"""Pipelines and groups on real RabbitMQ, Redis and one two-process worker for the module.
+
+Each task notes in Redis that it ran (:mod:`tests.e2e.workflow_tasks`), so a test sees
+which steps ran and how often across both worker processes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pika
+import pytest
+import redis
+from opentelemetry.sdk.trace import TracerProvider
+
+from shared.bench.otlp_receiver import OtlpReceiver, ReceivedSpan
+from shared.errors import InvalidTaskArguments, TaskFailed
+from shared.producer import Producer, group, pipeline, step
+from shared.settings import Settings, load_settings
+from shared.workflows import WorkflowHandle
+from tests.e2e.workflow_tasks import IDLE_QUEUE, NOTES, QUEUE
+from tests.support import GREENROOM, REPO, Process, Worker, free_port, wait_for
+
+WORKER_MODULE = "tests.e2e.workflow_worker"
+
+
+class WorkflowWorker(Worker):
+    """``greenroom worker tests.e2e.workflow_worker --queues workflows``, two processes."""
+
+    def __init__(self, env: dict[str, str], cwd: Path) -> None:
+        argv = [GREENROOM, "worker", WORKER_MODULE, "--queues", QUEUE, "--processes", "2", "--threads", "4"]
+        self.processes = 2
+        self.metrics_port = free_port()
+        Process.__init__(
+            self, argv, {**env, "METRICS_PORT": str(self.metrics_port), "PYTHONPATH": str(REPO)}, cwd
+        )
+
+
+@pytest.fixture(scope="module")
+def worker(
+    rabbitmq_url: str, redis_url: str, otlp_receiver: OtlpReceiver, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkflowWorker]:
+    workdir = tmp_path_factory.mktemp("workflows")
+    env = {
+        k: v for k, v in os.environ.items() if k not in Settings.model_fields and not k.startswith("OTEL_")
+    }
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        RABBITMQ_URL=rabbitmq_url,
+        REDIS_URL=redis_url,
+        LOG_LEVEL="INFO",
+        WORKER_SHUTDOWN_TIMEOUT_SECONDS="10",
+        TASK_MIN_BACKOFF_SECONDS="0.1",
+        OTEL_EXPORTER_OTLP_ENDPOINT=otlp_receiver.endpoint,
+        OTEL_EXPORTER_OTLP_PROTOCOL=otlp_receiver.protocol,
+        OTEL_BSP_SCHEDULE_DELAY="200",
+        METRICS_DIR=str(workdir / "metrics"),
+    )
+    started = WorkflowWorker(env, workdir)
+    try:
+        started.wait_ready()
+        yield started
+    finally:
+        started.stop()
+
+
+@pytest.fixture(scope="module")
+def producer(
+    rabbitmq_url: str, redis_url: str, tracer_provider: TracerProvider, worker: WorkflowWorker
+) -> Iterator[Producer]:
+    settings = load_settings(_env_file=None, RABBITMQ_URL=rabbitmq_url, REDIS_URL=redis_url)
+    producer = Producer(settings, tracer_provider=tracer_provider)
+    yield producer
+    producer.close()
+
+
+@pytest.fixture(scope="module")
+def notes(redis_url: str) -> Iterator[redis.Redis[str]]:
+    client: redis.Redis[str] = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    keys = list(client.scan_iter(f"{NOTES}:*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture
+def run() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def _ran(notes: redis.Redis[str], run: str) -> list[str]:
+    return notes.lrange(f"{NOTES}:{run}:ran", 0, -1)
+
+
+def test_a_pipeline_pipes_each_result_into_the_next_step(
+    producer: Producer, notes: redis.Redis[str], run: str
+) -> None:
+    # When a three-step pipeline is sent, each later step receiving the previous result
+    handle = pipeline(
+        step("workflows.add_one", run=run, value=1),
+        step("workflows.add_one", run=run, pipe_as="value"),
+        step("workflows.add_one", run=run, pipe_as="value"),
+    ).send(producer)
+
+    # Then the last result is 1 + 1 + 1 + 1, the steps ran in order, once each
+    assert handle.result(timeout=20) == 4
+    assert _ran(notes, run) == ["add_one 1", "add_one 2", "add_one 3"]
+    assert len(set(handle.message_ids)) == 3
+
+
+def test_a_failing_middle_step_stops_the_pipeline(
+    producer: Producer, worker: WorkflowWorker, notes: redis.Redis[str], run: str
+) -> None:
+    # When the middle step of a pipeline fails (it is not retried)
+    handle = pipeline(
+        step("workflows.add_one", run=run, value=1),
+        step("workflows.fail", run=run, pipe_as="value"),
+        step("workflows.add_one", run=run, pipe_as="value"),
+    ).send(producer)
+
+    # Then the handle's result names step 2, and step 3 never ran
+    with pytest.raises(TaskFailed) as failed:
+        handle.result(timeout=20)
+    assert (failed.value.task, failed.value.message_id) == ("workflows.fail", handle.message_ids[1])
+    assert failed.value.error == "no good: 2"
+    assert _ran(notes, run) == ["add_one 1", "fail 2"]
+    # And the failed step's line says so as for any task
+    events = _events_of(worker, handle.message_ids[1], count=1)
+    assert [e["event"] for e in events] == ["failed"]
+    assert not _events_of(worker, handle.message_ids[2], count=0)
+
+
+def test_a_retried_step_sends_the_next_step_once(
+    producer: Producer, notes: redis.Redis[str], run: str
+) -> None:
+    # When a pipeline's middle step fails once (ConnectionError, retried) and then succeeds
+    handle = pipeline(
+        step("workflows.add_one", run=run, value=1),
+        step("workflows.flaky", run=run, pipe_as="value"),
+        step("workflows.add_one", run=run, pipe_as="value"),
+    ).send(producer)
+
+    # Then the last step ran exactly once, with the retried step's result
+    assert handle.result(timeout=20) == 3
+    assert _ran(notes, run) == ["add_one 1", "flaky 2", "flaky 2", "add_one 2"]
+
+
+def test_a_group_gives_every_members_result_in_order(
+    producer: Producer, notes: redis.Redis[str], run: str
+) -> None:
+    handle = group(step("workflows.add_one", run=run, value=n) for n in range(6)).send(producer)
+
+    assert handle.result(timeout=20) == [1, 2, 3, 4, 5, 6]
+    assert sorted(_ran(notes, run)) == sorted(f"add_one {n}" for n in range(6))
+
+
+def test_a_groups_completion_step_runs_once_with_the_results_in_order(
+    producer: Producer, notes: redis.Redis[str], run: str
+) -> None:
+    # When a group of ten (run side by side by two processes) is followed by a completion step
+    members = [step("workflows.add_one", run=run, value=n) for n in range(10)]
+    handle = group(members).then(step("workflows.total", run=run, pipe_as="values")).send(producer)
+
+    # Then the completion step got every member's result, in member order, and ran once
+    assert handle.result(timeout=20) == sum(range(1, 11))
+    ran = _ran(notes, run)
+    assert [line for line in ran if line.startswith("total")] == [f"total {list(range(1, 11))}"]
+    assert len(handle.message_ids) == 11
+
+
+def test_a_failed_member_stops_the_completion_step(
+    producer: Producer, notes: redis.Redis[str], run: str
+) -> None:
+    members = [step("workflows.add_one", run=run, value=1), step("workflows.fail", run=run, value=7)]
+    handle = group(members).then(step("workflows.total", run=run, pipe_as="values")).send(producer)
+
+    with pytest.raises(TaskFailed) as failed:
+        handle.result(timeout=20)
+    assert (failed.value.task, failed.value.message_id) == ("workflows.fail", handle.message_ids[1])
+    assert not [line for line in _ran(notes, run) if line.startswith("total")]
+
+
+def test_one_bad_step_publishes_nothing(producer: Producer, rabbitmq_url: str, run: str) -> None:
+    # Given: a queue no worker consumes
+    def waiting() -> int:
+        return _message_count(rabbitmq_url, IDLE_QUEUE)
+
+    # When a pipeline and a group each hold one bad step after good ones
+    with pytest.raises(InvalidTaskArguments, match="value"):
+        pipeline(step("workflows.idle", run=run, value=1), step("workflows.idle", run=run, value="x")).send(
+            producer
+        )
+    with pytest.raises(InvalidTaskArguments, match="value"):
+        group([step("workflows.idle", run=run, value=1), step("workflows.idle", run=run)]).send(producer)
+
+    # Then nothing reached the queue (a good group does: the count sees what is published)
+    assert waiting() == 0
+    group([step("workflows.idle", run=run, value=n) for n in range(2)]).send(producer)
+    wait_for(lambda: waiting() == 2, 10, "the good group's two messages")
+    _purge(rabbitmq_url, IDLE_QUEUE)
+
+
+def test_one_trace_per_pipeline_each_step_descending_from_the_one_before(
+    producer: Producer, otlp_receiver: OtlpReceiver, tracer_provider: TracerProvider, run: str
+) -> None:
+    handle = pipeline(
+        step("workflows.add_one", run=run, value=1),
+        step("workflows.add_one", run=run, pipe_as="value"),
+        step("workflows.add_one", run=run, pipe_as="value"),
+    ).send(producer)
+    assert handle.result(timeout=20) == 4
+
+    spans, consumers, send = _workflow_spans(handle, otlp_receiver, tracer_provider)
+    assert {s.trace_id for s in consumers} == {send.trace_id}
+    for number, span in enumerate(consumers, 1):
+        assert span.attributes["greenroom.workflow.id"] == handle.workflow_id
+        assert span.attributes["greenroom.workflow.kind"] == "pipeline"
+        assert span.attributes["greenroom.workflow.step"] == number
+        assert send.span_id in _ancestors(spans, span)
+    for before, after in itertools.pairwise(consumers):
+        assert before.span_id in _ancestors(spans, after), "a step's spans do not descend from the one before"
+
+
+def test_one_trace_per_group_the_completion_descending_from_a_member(
+    producer: Producer, otlp_receiver: OtlpReceiver, tracer_provider: TracerProvider, run: str
+) -> None:
+    members = [step("workflows.add_one", run=run, value=n) for n in range(3)]
+    handle = group(members).then(step("workflows.total", run=run, pipe_as="values")).send(producer)
+    assert handle.result(timeout=20) == 6
+
+    spans, consumers, send = _workflow_spans(handle, otlp_receiver, tracer_provider)
+    assert send.attributes.get("messaging.batch.message_count") == 3
+    assert {s.trace_id for s in consumers} == {send.trace_id}
+    assert all(send.span_id in _ancestors(spans, span) for span in consumers)
+    member_ids = {span.span_id for span in consumers[:3]}
+    assert len(member_ids & _ancestors(spans, consumers[3])) == 1, "the completion descends from one member"
+    assert [s.attributes["greenroom.workflow.step"] for s in consumers] == [1, 2, 3, 4]
+
+
+def _workflow_spans(
+    handle: WorkflowHandle, receiver: OtlpReceiver, tracer_provider: TracerProvider
+) -> tuple[dict[str, ReceivedSpan], list[ReceivedSpan], ReceivedSpan]:
+    """Every span received by id, the steps' consumer spans in step order, and the send span."""
+    tracer_provider.force_flush()
+
+    def consumers() -> dict[str, ReceivedSpan]:
+        return {
+            s.attributes["messaging.message.id"]: s
+            for s in receiver.spans()
+            if s.kind == "CONSUMER" and s.attributes.get("messaging.message.id") in handle.message_ids
+        }
+
+    wait_for(lambda: len(consumers()) == len(handle.message_ids), 15, "every step's consumer span")
+    spans = {s.span_id: s for s in receiver.spans()}
+    steps = [consumers()[message_id] for message_id in handle.message_ids]
+    wait_for(lambda: steps[0].parent_span_id in {s.span_id for s in receiver.spans()}, 10, "the send span")
+    spans = {s.span_id: s for s in receiver.spans()}
+    send = spans[steps[0].parent_span_id]
+    assert send.kind == "PRODUCER"
+    return spans, steps, send
+
+
+def _ancestors(spans: dict[str, ReceivedSpan], span: ReceivedSpan) -> set[str]:
+    found: set[str] = set()
+    parent = spans.get(span.parent_span_id)
+    while parent is not None and parent.span_id not in found:
+        found.add(parent.span_id)
+        parent = spans.get(parent.parent_span_id)
+    return found
+
+
+def _events_of(worker: WorkflowWorker, message_id: str, *, count: int) -> list[dict[str, Any]]:
+    if count:
+        wait_for(
+            lambda: len([e for e in worker.task_events() if e.get("message_id") == message_id]) >= count,
+            10,
+            f"the task line of {message_id}",
+        )
+    return [e for e in worker.task_events() if e.get("message_id") == message_id]
+
+
+def _message_count(rabbitmq_url: str, queue: str) -> int:
+    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
+    try:
+        channel = connection.channel()
+        try:
+            return int(channel.queue_declare(queue, passive=True).method.message_count)
+        except pika.exceptions.ChannelClosedByBroker:
+            return 0  # never declared: nothing was published to it
+    finally:
+        connection.close()
+
+
+def _purge(rabbitmq_url: str, queue: str) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
+    try:
+        connection.channel().queue_purge(queue)
+    finally:
+        connection.close()
