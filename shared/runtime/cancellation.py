@@ -88,7 +88,8 @@ class Cancellation(Middleware):
         #: Pending cancellations: message id -> expiry (epoch ms). Replaced whole by a reload,
         #: added to on an announcement; only the background thread (or boot) writes it.
         self._pending: dict[str, int] = {}
-        self._cancellable: dict[str, bool] = {}
+        #: The actors whose contract is ``cancellable`` (known once the worker module declared them).
+        self._cancellable: frozenset[str] = frozenset()
         self._running: dict[str, _Running] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -100,6 +101,11 @@ class Cancellation(Middleware):
 
     def after_process_boot(self, broker: dramatiq.Broker) -> None:
         self._results = next((m for m in broker.middleware if isinstance(m, Results)), None)
+        self._cancellable = frozenset(
+            name
+            for name in broker.get_declared_actors()
+            if getattr(self._contract_of(name), "cancellable", False)
+        )
         try:
             client = self._client_factory(BOOT_TIMEOUT_SECONDS)
             try:
@@ -128,7 +134,7 @@ class Cancellation(Middleware):
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         if self._pending and message.message_id in self._pending:
             self._skip(broker, message)
-        if self._is_cancellable(message.actor_name):
+        if self._cancellable and message.actor_name in self._cancellable:
             with self._lock:
                 self._running[message.message_id] = _Running(message, threading.get_ident())
             if message.message_id in self._pending:  # cancelled while it was being registered
@@ -181,14 +187,6 @@ class Cancellation(Middleware):
             logger.warning(
                 "Could not store the cancelled mark of message %s (%s)", message.message_id, _describe(error)
             )
-
-    def _is_cancellable(self, actor_name: str) -> bool:
-        try:
-            return self._cancellable[actor_name]
-        except KeyError:
-            contract = self._contract_of(actor_name)
-            cancellable = self._cancellable[actor_name] = contract is not None and contract.cancellable
-            return cancellable
 
     def _interrupt(self, message_ids: Iterable[str]) -> None:
         """Interrupt the running cancellable tasks of ``message_ids`` (each once)."""
