@@ -20,7 +20,7 @@ import redis
 from opentelemetry.sdk.trace import TracerProvider
 
 from shared.bench.otlp_receiver import OtlpReceiver, ReceivedSpan
-from shared.errors import InvalidTaskArguments, TaskFailed
+from shared.errors import InvalidTaskArguments, TaskCancelled, TaskFailed
 from shared.producer import Producer, group, pipeline, step
 from shared.settings import Settings, load_settings
 from shared.workflows import WorkflowHandle
@@ -185,6 +185,31 @@ def test_a_failed_member_stops_the_completion_step(
         handle.result(timeout=20)
     assert (failed.value.task, failed.value.message_id) == ("workflows.fail", handle.message_ids[1])
     assert not [line for line in _ran(notes, run) if line.startswith("total")]
+
+
+def test_a_pipeline_cancelled_mid_way_runs_no_later_step(
+    producer: Producer, notes: redis.Redis[str], run: str
+) -> None:
+    # Given a pipeline whose first step is running (its contract is not cancellable)
+    handle = pipeline(
+        step("workflows.wait", run=run, value=1),
+        step("workflows.add_one", run=run, pipe_as="value"),
+        step("workflows.add_one", run=run, pipe_as="value"),
+    ).send(producer)
+    wait_for(lambda: _ran(notes, run) == ["wait 1"], 10, "the first step to start")
+
+    # When the pipeline is cancelled, then the first step is let finish
+    reports = handle.cancel()
+    notes.rpush(f"{NOTES}:{run}:go", "go")
+
+    # Then the steps not yet run were cancelled: the result names step 2, which never ran
+    assert [r.message_id for r in reports] == list(handle.message_ids)
+    assert all(r.cancelled for r in reports[1:])
+    with pytest.raises(TaskCancelled) as cancelled:
+        handle.result(timeout=20)
+    assert (cancelled.value.task, cancelled.value.message_id) == ("workflows.add_one", handle.message_ids[1])
+    assert producer.result_of("workflows.wait", handle.message_ids[0], timeout=5) == 1
+    assert _ran(notes, run) == ["wait 1"]
 
 
 def test_one_bad_step_publishes_nothing(producer: Producer, rabbitmq_url: str, run: str) -> None:

@@ -59,6 +59,13 @@ TOTAL = TaskContract(
     description="Note the values, return their sum.",
     max_retries=0,
 )
+WAIT = TaskContract(
+    name="workflows.wait",
+    queue=QUEUE,
+    arguments=ValueArguments,
+    description="Note that it started, wait (up to 10 s) for the test's go, return the value.",
+    max_retries=0,
+)
 FIRE = TaskContract(
     name="workflows.fire",
     queue=QUEUE,

@@ -9,7 +9,17 @@ import os
 
 import redis
 
-from tests.e2e.workflow_tasks import ADD_ONE, FAIL, FIRE, FLAKY, NOTES, TOTAL, TotalArguments, ValueArguments
+from tests.e2e.workflow_tasks import (
+    ADD_ONE,
+    FAIL,
+    FIRE,
+    FLAKY,
+    NOTES,
+    TOTAL,
+    WAIT,
+    TotalArguments,
+    ValueArguments,
+)
 from workers import broker
 from workers.actor import implements
 
@@ -46,6 +56,13 @@ def flaky(arguments: ValueArguments) -> int:
 def total(arguments: TotalArguments) -> int:
     _note(arguments.run, f"total {arguments.values}")
     return sum(arguments.values)
+
+
+@implements(WAIT)
+def wait(arguments: ValueArguments) -> int:
+    _note(arguments.run, f"wait {arguments.value}")
+    _redis.blpop([f"{NOTES}:{arguments.run}:go"], timeout=10)
+    return arguments.value
 
 
 @implements(FIRE)
