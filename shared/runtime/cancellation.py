@@ -36,6 +36,7 @@ from dramatiq.broker import MessageProxy
 from dramatiq.middleware import Middleware, SkipMessage, raise_thread_exception
 from dramatiq.results import Results
 
+from observability.task_logging import was_cancelled
 from shared.backoff import Backoff
 from shared.cancellation import CANCELLATIONS_KEY, CANCELLED_OPTION, CancelledWhileRunning, channel_name
 from shared.result_marks import cancelled_mark
@@ -148,15 +149,14 @@ class Cancellation(Middleware):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
-        if self._running:
+        running = None
+        if self._running:  # a cancellable task runs in this process (else: nothing but this if)
             with self._lock:
-                self._running.pop(message.message_id, None)
-        if CANCELLED_OPTION not in message.options:
-            return
-        if exception is None:  # the interrupt came too late (or was caught): the task finished
-            del message.options[CANCELLED_OPTION]
-        else:
+                running = self._running.pop(message.message_id, None)
+        if exception is not None and was_cancelled(message):  # interrupted (or in its after hooks)
             self._store_mark(broker, message)
+        elif running is not None and running.interrupted:  # the interrupt came too late, or was caught
+            message.options.pop(CANCELLED_OPTION, None)
 
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         if self._running:
