@@ -47,6 +47,7 @@ from dramatiq.results import Results
 
 from observability.task_logging import was_cancelled
 from shared.result_marks import cancelled_mark, stopped_mark
+from shared.results import SOCKET_TIMEOUT_SECONDS
 from shared.service_refusals import outage_line
 from shared.settings import Settings
 from shared.task_policies import effective_policy
@@ -213,7 +214,12 @@ class GroupCompletion(GroupCallbacks):
         without groups never connects)."""
         with self._building:
             if self._limiter is None:
-                self._limiter = RedisBackend(url=self.settings.redis_url)
+                client = redis.Redis.from_url(
+                    self.settings.redis_url,
+                    socket_timeout=SOCKET_TIMEOUT_SECONDS,
+                    socket_connect_timeout=SOCKET_TIMEOUT_SECONDS,
+                )
+                self._limiter = RedisBackend(client=client)
             return self._limiter
 
     def after_process_message(

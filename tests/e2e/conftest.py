@@ -14,7 +14,7 @@ StartWorker = Callable[..., Worker]
 
 #: Modules that test workers load (``greenroom worker tests.e2e.<module>``): importing one
 #: installs a worker's broker and connects to services, so pytest does not collect them.
-collect_ignore = ["async_worker.py", "policy_worker.py", "cancel_worker.py"]
+collect_ignore = ["async_worker.py", "policy_worker.py", "cancel_worker.py", "workflow_worker.py"]
 
 
 @pytest.fixture
