@@ -149,14 +149,14 @@ class Cancellation(Middleware):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
-        running = None
         if self._running:  # a cancellable task runs in this process (else: nothing but this if)
             with self._lock:
-                running = self._running.pop(message.message_id, None)
-        if exception is not None and was_cancelled(message):  # interrupted (or in its after hooks)
+                self._running.pop(message.message_id, None)
+        # Interrupted, in the task or (a cancel racing its end) in a middleware's after hook. The
+        # option is never taken back, also when the task caught the interrupt and returned (its
+        # result stands): an interrupt still pending here must not make a retry of it.
+        if exception is not None and was_cancelled(message):
             self._store_mark(broker, message)
-        elif running is not None and running.interrupted:  # the interrupt came too late, or was caught
-            message.options.pop(CANCELLED_OPTION, None)
 
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         if self._running:
