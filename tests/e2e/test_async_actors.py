@@ -142,8 +142,8 @@ def test_an_async_task_over_its_time_limit_is_cancelled_retried_then_failed(
     ]
     assert not [line for line in lines if line.get("message") == "async sleep finished"]
     # And it is counted and traced as a failed sync task is, then dead-lettered
-    assert _sample(worker, "greenroom_tasks_total", actor="tests.async_sleep", outcome="retry") == 1
-    assert _sample(worker, "greenroom_tasks_total", actor="tests.async_sleep", outcome="failure") == 1
+    _wait_for_count(worker, "tests.async_sleep", "retry", 1)
+    _wait_for_count(worker, "tests.async_sleep", "failure", 1)
     assert [message["message_id"] for message in _dead_letters(rabbitmq_url)] == [handle.message_id]
     spans = _wait_for_consumer_spans(otlp_receiver, [handle.message_id], count=2)
     assert spans[handle.message_id].status_code == 2  # STATUS_CODE_ERROR
@@ -162,8 +162,8 @@ def test_an_async_task_that_raises_is_retried_then_dead_lettered(
     assert [(e["event"], e["retries"]) for e in events] == [("retrying", 0), ("retrying", 1), ("failed", 2)]
     assert {e["error"] for e in events} == {"AsyncFailure: upstream down"}
     assert events[-1]["reason"] == "retries exhausted"
-    assert _sample(worker, "greenroom_tasks_total", actor="tests.async_raise", outcome="retry") == 2
-    assert _sample(worker, "greenroom_tasks_total", actor="tests.async_raise", outcome="failure") == 1
+    _wait_for_count(worker, "tests.async_raise", "retry", 2)
+    _wait_for_count(worker, "tests.async_raise", "failure", 1)
     assert [message["message_id"] for message in _dead_letters(rabbitmq_url)] == [handle.message_id]
 
 
@@ -191,6 +191,16 @@ def _wait_for_consumer_spans(
 
 def _named(receiver: OtlpReceiver, name: str) -> list[ReceivedSpan]:
     return [span for span in receiver.spans() if span.name == name]
+
+
+def _wait_for_count(worker: Worker, actor: str, outcome: str, count: int) -> None:
+    """Wait until ``greenroom_tasks_total`` of ``actor`` and ``outcome`` is ``count`` (the worker
+    applies its figures to the metrics on a short period, not at the task line)."""
+    wait_for(
+        lambda: _sample(worker, "greenroom_tasks_total", actor=actor, outcome=outcome) == count,
+        10,
+        f"{count} {outcome} of {actor} on /metrics",
+    )
 
 
 def _sample(worker: Worker, name: str, **labels: str) -> float:
