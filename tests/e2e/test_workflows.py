@@ -7,6 +7,7 @@ which steps ran and how often across both worker processes.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import sys
 import uuid
@@ -14,18 +15,23 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import dramatiq
 import pika
 import pytest
 import redis
+from dramatiq.broker import MessageProxy
+from dramatiq.results import Results
 from opentelemetry.sdk.trace import TracerProvider
 
 from shared.bench.otlp_receiver import OtlpReceiver, ReceivedSpan
 from shared.errors import InvalidTaskArguments, TaskCancelled, TaskFailed
 from shared.producer import Producer, group, pipeline, step
+from shared.results import RedisResultBackend
+from shared.runtime.workflow_steps import GroupCompletion
 from shared.settings import Settings, load_settings
 from shared.workflows import WorkflowHandle
 from tests.e2e.workflow_tasks import IDLE_QUEUE, NOTES, QUEUE
-from tests.support import GREENROOM, REPO, Process, Worker, free_port, wait_for
+from tests.support import GREENROOM, REPO, Process, Worker, free_port, http_get, take_all, wait_for
 
 WORKER_MODULE = "tests.e2e.workflow_worker"
 
@@ -39,6 +45,16 @@ class WorkflowWorker(Worker):
         self.metrics_port = free_port()
         Process.__init__(
             self, argv, {**env, "METRICS_PORT": str(self.metrics_port), "PYTHONPATH": str(REPO)}, cwd
+        )
+
+    def outcome_count(self, actor: str, outcome: str) -> float:
+        """greenroom_tasks_total for ``actor`` and ``outcome`` on /metrics."""
+        _, body = http_get(self.url("/metrics"))
+        wanted = (f'actor="{actor}"', f'outcome="{outcome}"')
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in body.splitlines()
+            if line.startswith("greenroom_tasks_total{") and all(w in line for w in wanted)
         )
 
 
@@ -135,6 +151,7 @@ def test_a_failing_middle_step_stops_the_pipeline(
     events = _events_of(worker, handle.message_ids[1], count=1)
     assert [e["event"] for e in events] == ["failed"]
     assert not _events_of(worker, handle.message_ids[2], count=0)
+    wait_for(lambda: worker.outcome_count("workflows.fail", "failure") >= 1, 10, "the failure on /metrics")
 
 
 def test_a_retried_step_sends_the_next_step_once(
@@ -210,6 +227,92 @@ def test_a_pipeline_cancelled_mid_way_runs_no_later_step(
     assert (cancelled.value.task, cancelled.value.message_id) == ("workflows.add_one", handle.message_ids[1])
     assert producer.result_of("workflows.wait", handle.message_ids[0], timeout=5) == 1
     assert _ran(notes, run) == ["wait 1"]
+
+
+class _RecordingBroker:
+    """What GroupCompletion uses of a broker: its middleware (Results) and enqueue, recorded."""
+
+    def __init__(self, backend: RedisResultBackend) -> None:
+        self.middleware = [Results(backend=backend)]
+        self.enqueued: list[dramatiq.Message[Any]] = []
+
+    def enqueue(self, message: dramatiq.Message[Any]) -> None:
+        self.enqueued.append(message)
+
+
+def test_a_group_member_counts_once_however_often_it_arrives(
+    producer: Producer, rabbitmq_url: str, redis_url: str, run: str
+) -> None:
+    # Given a group of three on a queue no worker consumes, every member's result stored,
+    # and the worker side of groups driven here (as Dramatiq's worker would call it)
+    members = [step("workflows.idle", run=run, value=n) for n in range(3)]
+    handle = group(members).then(step("workflows.total", run=run, pipe_as="values")).send(producer)
+    published = _published(rabbitmq_url, handle)
+    backend = RedisResultBackend(url=redis_url)
+    broker = _RecordingBroker(backend)
+    completion = GroupCompletion(load_settings(_env_file=None, REDIS_URL=redis_url))
+    sent = [published[n] for n in range(3)]
+    for number, message in enumerate(sent):
+        backend.store_result(message, number * 10, 60_000)
+
+    def arrive(number: int) -> None:
+        proxy = MessageProxy(sent[number])
+        completion.after_process_message(broker, proxy, result=number * 10)  # type: ignore[arg-type]
+
+    # When members arrive, some of them again (redelivered after a lost ack)
+    for number in (0, 0, 1):
+        arrive(number)
+    assert broker.enqueued == []
+    for number in (2, 2, 1, 0):
+        arrive(number)
+
+    # Then the completion step was sent once, with the results in member order
+    [sent_completion] = broker.enqueued
+    assert sent_completion.message_id == handle.message_ids[3]
+    assert sent_completion.kwargs == {"run": run, "values": [0, 10, 20]}
+    backend.client.close()
+    completion.rate_limiter_backend.client.close()
+
+
+def test_a_group_count_lost_to_a_crash_is_recovered_from_the_done_set(
+    producer: Producer, rabbitmq_url: str, redis_url: str, run: str
+) -> None:
+    # Given a group of two whose first member was counted in the done set, but the worker
+    # died before the barrier's decrement (so the barrier alone would never release)
+    handle = (
+        group([step("workflows.idle", run=run, value=n) for n in range(2)])
+        .then(step("workflows.total", run=run, pipe_as="values"))
+        .send(producer)
+    )
+    published = _published(rabbitmq_url, handle)
+    backend = RedisResultBackend(url=redis_url)
+    broker = _RecordingBroker(backend)
+    completion = GroupCompletion(load_settings(_env_file=None, REDIS_URL=redis_url))
+    first, second = published
+    backend.store_result(first, 1, 60_000)
+    backend.store_result(second, 2, 60_000)
+    backend.client.sadd(f"greenroom-group:{handle.workflow_id}:done", first.message_id)
+
+    # When the second member arrives, then the first one is redelivered
+    completion.after_process_message(broker, MessageProxy(second), result=2)  # type: ignore[arg-type]
+    completion.after_process_message(broker, MessageProxy(first), result=1)  # type: ignore[arg-type]
+
+    # Then the completion step was sent once
+    assert [m.kwargs["values"] for m in broker.enqueued] == [[1, 2]]
+    backend.client.close()
+    completion.rate_limiter_backend.client.close()
+
+
+def _published(rabbitmq_url: str, handle: WorkflowHandle) -> list[dramatiq.Message[Any]]:
+    """The group members of ``handle`` as the producer published them, in order (taken off the queue)."""
+    wait_for(
+        lambda: _message_count(rabbitmq_url, IDLE_QUEUE) == len(handle.message_ids) - 1, 10, "the members"
+    )
+    by_id = {}
+    for body in take_all(rabbitmq_url, IDLE_QUEUE):
+        message = dramatiq.Message(**json.loads(body))
+        by_id[message.message_id] = message
+    return [by_id[message_id] for message_id in handle.message_ids[:-1]]
 
 
 def test_one_bad_step_publishes_nothing(producer: Producer, rabbitmq_url: str, run: str) -> None:
