@@ -62,7 +62,6 @@ from pydantic import ValidationError, create_model
 from shared.errors import InvalidParameter, InvalidTaskArguments, PublishError
 from shared.producer_checks import check_strict_json, check_unicode, timeout_seconds
 from shared.service_refusals import outage_line
-from shared.task_policies import effective_policy
 from shared.tasks import TaskArguments, TaskContract, get_task
 
 if TYPE_CHECKING:
@@ -399,7 +398,8 @@ def _create_barrier(
 ) -> None:
     """Create the group's barrier (Dramatiq's, ``len(members)`` parties) and record its members
     (for reading their results) and its done set, all expiring with the longest result TTL."""
-    ttl_ms = 1000 * max(effective_policy(c, producer.settings)["result_ttl_seconds"].value for c in contracts)
+    # Each step's result TTL: the contract's, else RESULT_TTL_SECONDS (as shared.task_policies says).
+    ttl_ms = 1000 * max(c.result_ttl_seconds or producer.settings.RESULT_TTL_SECONDS for c in contracts)
     key = group_key(workflow_id)
     entries = json.dumps([[m.queue_name, m.actor_name, m.message_id] for m in members])
     client = producer.backend.client

@@ -120,16 +120,16 @@ class _Marks:
         backend = result_backend(broker)
         if backend is None:
             return
-        for data in steps:
+        for number, data in enumerate(steps):
             try:
                 key_message = _key_message(data)
                 backend.store_exception(key_message, mark, self._ttl_ms(key_message.actor_name))
             except Exception as error:  # a hook never raises into the worker
                 logger.error(
-                    "Could not store the workflow mark of message %s: %s",
-                    data.get("message_id"),
-                    outage_line(error),
-                )
+                    "Could not store the workflow mark of message %s nor of the %d step(s) after it: %s",
+                    data.get("message_id"), len(steps) - number - 1, outage_line(error),
+                )  # fmt: skip
+                return  # the backend rode out the outage as long as it may: the others would fail too
 
     def not_sent(
         self, broker: dramatiq.Broker, message: MessageProxy, later: Sequence[Mapping[str, Any]], why: str
@@ -186,7 +186,7 @@ class PipelineSteps(Middleware):
         if exception is not None or message.failed:
             self.marks.stop_after(broker, message, later, exception)
             return
-        send_next(broker, message, later, self.marks, self.settings, following, result)
+        send_next(broker, message, later, result, self.marks, self.settings)
 
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         following = message.options.get(NEXT_OPTION)
@@ -277,12 +277,17 @@ class GroupCompletion(GroupCallbacks):
             released = bool(barrier.wait(block=False)) or released
         if not released or not client.set(f"{key}:sent", message.message_id, nx=True, px=ttl_ms):
             return  # not the last member, or another one sends the completion step
-        results = self._results(broker, members)
-        if isinstance(results, str):
-            self.marks.not_sent(broker, message, [completion], results)
-            return
-        if not send_next(broker, message, [completion], self.marks, self.settings, completion, results):
-            client.delete(f"{key}:sent")  # a replay of this member may send it
+        sent = False
+        try:
+            results = self._results(broker, members)
+            if isinstance(results, str):
+                self.marks.not_sent(broker, message, [completion], results)
+                sent = True
+            else:
+                sent = send_next(broker, message, [completion], results, self.marks, self.settings)
+        finally:
+            if not sent:  # this member is dead-lettered: its replay may send the completion step
+                client.delete(f"{key}:sent")
 
     @staticmethod
     def _results(broker: dramatiq.Broker, members: Sequence[Sequence[str]]) -> list[Any] | str:
@@ -313,16 +318,15 @@ def send_next(
     broker: dramatiq.Broker,
     message: MessageProxy,
     later: Sequence[Mapping[str, Any]],
+    result: Any,
     marks: _Marks,
     settings: Settings,
-    data: Any,
-    result: Any,
 ) -> bool:
-    """Publish ``data`` (the next step, ``later[0]``), with ``result`` as its piped argument,
-    unless it was cancelled or cannot be built; False when its publish failed (the step's
-    ``message`` is then failed: dead-lettered)."""
+    """Publish the next step (``later[0]``, the rest are the steps it carries) with ``result``
+    as its piped argument, unless it was cancelled or cannot be built (then ``later`` is
+    marked); False when its publish failed (``message`` is then failed: dead-lettered)."""
     try:
-        next_message = _next_message(data, result, settings.MAX_MESSAGE_BYTES)
+        next_message = _next_message(later[0], result, settings.MAX_MESSAGE_BYTES)
     except _NotSendable as why:
         marks.not_sent(broker, message, later, str(why))
         return True
