@@ -34,6 +34,8 @@ from tests.e2e.workflow_tasks import IDLE_QUEUE, NOTES, QUEUE
 from tests.support import GREENROOM, REPO, Process, Worker, free_port, http_get, take_all, wait_for
 
 WORKER_MODULE = "tests.e2e.workflow_worker"
+#: The worker's MAX_MESSAGE_BYTES: a result of more cannot be piped into a next step.
+WORKER_MAX_MESSAGE_BYTES = 65_536
 
 
 class WorkflowWorker(Worker):
@@ -76,6 +78,7 @@ def worker(
         OTEL_EXPORTER_OTLP_ENDPOINT=otlp_receiver.endpoint,
         OTEL_EXPORTER_OTLP_PROTOCOL=otlp_receiver.protocol,
         OTEL_BSP_SCHEDULE_DELAY="200",
+        MAX_MESSAGE_BYTES=str(WORKER_MAX_MESSAGE_BYTES),
         METRICS_DIR=str(workdir / "metrics"),
     )
     started = WorkflowWorker(env, workdir)
@@ -152,6 +155,39 @@ def test_a_failing_middle_step_stops_the_pipeline(
     assert [e["event"] for e in events] == ["failed"]
     assert not _events_of(worker, handle.message_ids[2], count=0)
     wait_for(lambda: worker.outcome_count("workflows.fail", "failure") >= 1, 10, "the failure on /metrics")
+
+
+def test_a_piped_value_is_checked_when_the_step_arrives(
+    producer: Producer, notes: redis.Redis[str], run: str
+) -> None:
+    # When a step's result breaks the next step's contract (a string piped as an integer)
+    handle = pipeline(
+        step("workflows.repeat", run=run, value=3),
+        step("workflows.add_one", run=run, pipe_as="value"),
+    ).send(producer)
+
+    # Then the next step is rejected by the worker (not run), and the result says why
+    with pytest.raises(TaskFailed) as failed:
+        handle.result(timeout=20)
+    assert (failed.value.task, failed.value.error_type) == ("workflows.add_one", "InvalidTaskArguments")
+    assert _ran(notes, run) == ["repeat 3"]
+
+
+def test_a_result_too_large_to_pipe_stops_the_pipeline(
+    producer: Producer, worker: WorkflowWorker, notes: redis.Redis[str], run: str
+) -> None:
+    handle = pipeline(
+        step("workflows.repeat", run=run, value=WORKER_MAX_MESSAGE_BYTES),
+        step("workflows.add_one", run=run, pipe_as="value"),
+    ).send(producer)
+
+    with pytest.raises(TaskFailed) as failed:
+        handle.result(timeout=20)
+    assert (failed.value.task, failed.value.message_id) == ("workflows.repeat", handle.message_ids[0])
+    assert failed.value.error_type == "NextStepNotSent"
+    assert failed.value.error.startswith("result too large to pipe")
+    assert _ran(notes, run) == [f"repeat {WORKER_MAX_MESSAGE_BYTES}"]
+    wait_for(lambda: worker.count("the next step was not sent: result too large") == 1, 10, "the ERROR line")
 
 
 def test_a_retried_step_sends_the_next_step_once(

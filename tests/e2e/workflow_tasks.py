@@ -66,6 +66,13 @@ WAIT = TaskContract(
     description="Note that it started, wait (up to 10 s) for the test's go, return the value.",
     max_retries=0,
 )
+REPEAT = TaskContract(
+    name="workflows.repeat",
+    queue=QUEUE,
+    arguments=ValueArguments,
+    description="Note the value, return a string of that many x.",
+    max_retries=0,
+)
 FIRE = TaskContract(
     name="workflows.fire",
     queue=QUEUE,

@@ -15,6 +15,7 @@ from tests.e2e.workflow_tasks import (
     FIRE,
     FLAKY,
     NOTES,
+    REPEAT,
     TOTAL,
     WAIT,
     TotalArguments,
@@ -63,6 +64,12 @@ def wait(arguments: ValueArguments) -> int:
     _note(arguments.run, f"wait {arguments.value}")
     _redis.blpop([f"{NOTES}:{arguments.run}:go"], timeout=10)
     return arguments.value
+
+
+@implements(REPEAT)
+def repeat(arguments: ValueArguments) -> str:
+    _note(arguments.run, f"repeat {arguments.value}")
+    return "x" * arguments.value
 
 
 @implements(FIRE)
