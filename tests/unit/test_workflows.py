@@ -9,13 +9,19 @@ from typing import Any
 
 import dramatiq
 import pytest
+from dramatiq.broker import MessageProxy
+from dramatiq.results import ResultFailure, ResultMissing, Results
+from dramatiq.results.backends import StubBackend
 from opentelemetry.sdk.trace import TracerProvider
 
 import shared.workflows as workflows
-from shared.errors import InvalidParameter, InvalidTaskArguments, UnknownTask
+from shared.cancellation import CANCELLED_OPTION
+from shared.errors import InvalidParameter, InvalidTaskArguments, TaskCancelled, TaskFailed, UnknownTask
 from shared.producer import Producer, group, pipeline, step
+from shared.result_marks import raise_for_failure
+from shared.runtime.cancellation import Cancellation
 from shared.runtime.message_checks import check_fields
-from shared.runtime.workflow_steps import _next_message, _NotSendable, chain_from
+from shared.runtime.workflow_steps import PipelineSteps, _next_message, _NotSendable, chain_from
 from shared.settings import load_settings
 from shared.tasks import TASKS
 from tests.e2e import workflow_tasks  # noqa: F401  # declares the workflows.* contracts
@@ -219,3 +225,120 @@ def test_chain_from_stops_at_the_step_limit() -> None:
         message = {"message_id": str(n), "options": {"greenroom_next": message}}
     assert len(chain_from(message)) == workflows.MAX_STEPS + 1
     assert json.dumps(chain_from({"options": None})) == '[{"options": null}]'
+
+
+# The worker side: marks for later steps, the next step sent or not (a broker that records) --------
+
+
+class RecordingBroker:
+    """What the workflow middleware uses of a broker: its middleware (Results, Cancellation)
+    and enqueue, recorded."""
+
+    def __init__(self, *, cancelled: frozenset[str] = frozenset()) -> None:
+        self.backend = StubBackend()
+        self.middleware: list[Any] = [
+            Results(backend=self.backend),
+            _Cancelled(load_settings(_env_file=None), cancelled),
+        ]
+        self.enqueued: list[dramatiq.Message[Any]] = []
+
+    def enqueue(self, message: dramatiq.Message[Any]) -> None:
+        self.enqueued.append(message)
+
+    def result_of(self, data: Mapping[str, Any]) -> Any:
+        """What a producer reading ``data``'s result gets (marks raised as TaskFailed/TaskCancelled)."""
+        message = dramatiq.Message(
+            data["queue_name"], data["actor_name"], (), {}, {}, message_id=data["message_id"]
+        )
+        try:
+            return self.backend.get_result(message)
+        except ResultFailure as failure:
+            raise_for_failure(data["actor_name"], data["message_id"], failure)
+
+
+class _Cancelled(Cancellation):
+    def __init__(self, settings: Any, ids: frozenset[str]) -> None:
+        super().__init__(settings)
+        self.ids = ids
+
+    def is_cancelled(self, message_id: str) -> bool:
+        return message_id in self.ids
+
+
+def _three_steps(producer: RecordingProducer) -> tuple[MessageProxy, list[Mapping[str, Any]]]:
+    pipeline(_add(1), _add(pipe_as="value"), _add(pipe_as="value")).send(producer)
+    [first] = producer.published
+    return MessageProxy(first), chain_from(first.options["greenroom_next"])
+
+
+def test_a_step_that_finally_fails_marks_every_later_step(producer: RecordingProducer) -> None:
+    broker, steps = RecordingBroker(), PipelineSteps(load_settings(_env_file=None))
+    first, later = _three_steps(producer)
+    first.fail()
+    steps.after_process_message(broker, first, exception=ValueError("no rows"))  # type: ignore[arg-type]
+
+    assert broker.enqueued == []
+    for data in later:
+        with pytest.raises(TaskFailed) as failed:
+            broker.result_of(data)
+        assert (failed.value.task, failed.value.message_id) == ("workflows.add_one", first.message_id)
+        assert (failed.value.error_type, failed.value.error) == ("ValueError", "no rows")
+
+
+def test_a_step_that_will_retry_marks_nothing_and_sends_nothing(producer: RecordingProducer) -> None:
+    broker, steps = RecordingBroker(), PipelineSteps(load_settings(_env_file=None))
+    first, later = _three_steps(producer)
+    steps.after_process_message(broker, first, exception=ConnectionError("away"))  # type: ignore[arg-type]
+
+    assert broker.enqueued == []
+    with pytest.raises(ResultMissing):
+        broker.result_of(later[0])
+
+
+def test_a_step_skipped_because_it_was_cancelled_marks_the_later_steps_cancelled(
+    producer: RecordingProducer,
+) -> None:
+    broker, steps = RecordingBroker(), PipelineSteps(load_settings(_env_file=None))
+    first, later = _three_steps(producer)
+    first.options[CANCELLED_OPTION] = True
+    steps.after_skip_message(broker, first)  # type: ignore[arg-type]
+
+    for data in later:
+        with pytest.raises(TaskCancelled) as cancelled:
+            broker.result_of(data)
+        assert cancelled.value.message_id == first.message_id
+
+
+def test_a_cancelled_next_step_is_not_sent(producer: RecordingProducer) -> None:
+    first, later = _three_steps(producer)
+    broker = RecordingBroker(cancelled=frozenset({later[0]["message_id"]}))
+    PipelineSteps(load_settings(_env_file=None)).after_process_message(broker, first, result=2)  # type: ignore[arg-type]
+
+    assert broker.enqueued == []
+    for data in later:  # it and the step after it, both naming it
+        with pytest.raises(TaskCancelled) as cancelled:
+            broker.result_of(data)
+        assert cancelled.value.message_id == later[0]["message_id"]
+
+
+def test_a_step_that_succeeds_sends_the_next_one_with_its_result(producer: RecordingProducer) -> None:
+    broker = RecordingBroker()
+    first, later = _three_steps(producer)
+    PipelineSteps(load_settings(_env_file=None)).after_process_message(broker, first, result=2)  # type: ignore[arg-type]
+
+    [sent] = broker.enqueued
+    assert (sent.message_id, sent.kwargs) == (later[0]["message_id"], {"run": "r", "value": 2})
+    assert chain_from(sent.options["greenroom_next"]) == later[1:]
+
+
+def test_a_next_step_whose_publish_fails_dead_letters_the_step(producer: RecordingProducer) -> None:
+    broker = RecordingBroker()
+    broker.enqueue = _refuse  # type: ignore[method-assign]
+    first, _later = _three_steps(producer)
+    PipelineSteps(load_settings(_env_file=None)).after_process_message(broker, first, result=2)  # type: ignore[arg-type]
+
+    assert first.failed
+
+
+def _refuse(message: dramatiq.Message[Any]) -> None:
+    raise ConnectionError("RabbitMQ is away")
