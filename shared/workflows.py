@@ -183,14 +183,9 @@ class Group:
                 )
             _require_results(contract, f"step {number}")
         workflow_id = uuid.uuid4().hex
+        completion = self._completion_message(workflow_id, producer)
         shared_options: dict[str, Any] = {}
-        completion: dramatiq.Message[Any] | None = None
-        if self.completion is not None:
-            (completion_contract,) = _contracts((self.completion,))
-            _require_results(completion_contract, "the completion step")
-            number = len(self.members) + 1
-            options = _step_options(workflow_id, "group", number, self.completion)
-            completion = _message(completion_contract, self.completion, number, options, producer)
+        if completion is not None:  # every member carries it, and the barrier's key
             shared_options = {
                 GROUP_UUID_OPTION: group_key(workflow_id),
                 GROUP_CALLBACKS_OPTION: [completion.asdict()],
@@ -207,10 +202,20 @@ class Group:
         ]
         if completion is not None:
             producer.register_sent([completion])
-            _create_barrier(producer, workflow_id, members, [*contracts, completion_contract])
+            _create_barrier(producer, workflow_id, members, [*contracts, get_task(completion.actor_name)])
         producer.publish_batch(members, members[0].queue_name, {})
         ids = _ids([*members, *([completion] if completion is not None else [])])
         return WorkflowHandle(workflow_id, "group", ids, producer, all_results=completion is None)
+
+    def _completion_message(self, workflow_id: str, producer: Producer) -> dramatiq.Message[Any] | None:
+        """The checked message of the completion step (the step after the last member), if any."""
+        if self.completion is None:
+            return None
+        (contract,) = _contracts((self.completion,))
+        _require_results(contract, "the completion step")
+        number = len(self.members) + 1
+        options = _step_options(workflow_id, "group", number, self.completion)
+        return _message(contract, self.completion, number, options, producer)
 
 
 def pipeline(*steps: Step) -> Pipeline:
