@@ -21,7 +21,13 @@ from shared.producer import Producer, group, pipeline, step
 from shared.result_marks import raise_for_failure
 from shared.runtime.cancellation import Cancellation
 from shared.runtime.message_checks import check_fields
-from shared.runtime.workflow_steps import PipelineSteps, _next_message, _NotSendable, chain_from
+from shared.runtime.workflow_steps import (
+    GroupCompletion,
+    PipelineSteps,
+    _next_message,
+    _NotSendable,
+    chain_from,
+)
 from shared.settings import load_settings
 from shared.tasks import TASKS
 from tests.e2e import workflow_tasks  # noqa: F401  # declares the workflows.* contracts
@@ -342,3 +348,33 @@ def test_a_next_step_whose_publish_fails_dead_letters_the_step(producer: Recordi
 
 def _refuse(message: dramatiq.Message[Any]) -> None:
     raise ConnectionError("RabbitMQ is away")
+
+
+def _group_member(producer: RecordingProducer) -> tuple[MessageProxy, Mapping[str, Any]]:
+    group([_add(1), _add(2)]).then(step("workflows.total", run="r", pipe_as="values")).send(producer)
+    member = producer.published[0]
+    return MessageProxy(member), member.options["group_completion_callbacks"][0]
+
+
+def test_a_cancelled_group_member_marks_the_completion_step_cancelled(producer: RecordingProducer) -> None:
+    broker, completion = RecordingBroker(), GroupCompletion(load_settings(_env_file=None))
+    member, completion_data = _group_member(producer)
+    member.options[CANCELLED_OPTION] = True
+    completion.after_skip_message(broker, member)  # type: ignore[arg-type]
+
+    with pytest.raises(TaskCancelled) as cancelled:
+        broker.result_of(completion_data)
+    assert cancelled.value.message_id == member.message_id
+    assert completion._limiter is None  # no Redis connection was needed
+
+
+def test_a_member_naming_another_groups_barrier_is_ignored(producer: RecordingProducer) -> None:
+    broker, completion = RecordingBroker(), GroupCompletion(load_settings(_env_file=None))
+    member, completion_data = _group_member(producer)
+    member.options["group_completion_uuid"] = "someone-elses-key"
+    member.fail()
+    completion.after_process_message(broker, member, exception=ValueError("x"))  # type: ignore[arg-type]
+
+    with pytest.raises(ResultMissing):
+        broker.result_of(completion_data)
+    assert completion._limiter is None
