@@ -282,11 +282,10 @@ class Producer:
                 [remaining_ms(m.options, now_ms) + self._result_ttl_ms(m.actor_name) for m in messages],
             )
         except redis.RedisError as error:  # its messages name the host, never a password
-            first = messages[0].message_id
             more = f" and {len(messages) - 1} more" if len(messages) > 1 else ""
             logger.warning(
                 "Could not record message %s%s for cancellation (Redis: %s); a cancel will not find it",
-                first, more, redis_refusal_line(error, self.settings) or outage_line(error),
+                messages[0].message_id, more, redis_refusal_line(error, self.settings) or outage_line(error),
             )  # fmt: skip
 
     def cancel(self, *message_ids: str) -> list[CancelReport]:
