@@ -157,8 +157,8 @@ class Metrics(Middleware):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
-        if exception is None:
-            self._finish(message, "success")
+        if exception is None:  # failed: it ran, but its next workflow step could not be published
+            self._finish(message, "failure" if message.failed else "success")
             return
         if was_cancelled(message):  # interrupted while running
             self._finish(message, "cancelled")
