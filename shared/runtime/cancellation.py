@@ -62,6 +62,23 @@ SOCKET_TIMEOUT_SECONDS = 5.0
 STOP_TIMEOUT_SECONDS = 2.0
 
 
+#: The logger of Dramatiq's worker threads, which logs an interrupted task's traceback at ERROR.
+DRAMATIQ_WORKER_LOGGER = "dramatiq.worker.WorkerThread"
+
+
+class InterruptLineFilter(logging.Filter):
+    """Drops Dramatiq's ERROR line (a traceback, the arguments quoted whole) for a task a
+    cancel interrupted: the task line says ``cancelled`` already, at INFO.
+
+    >>> record = logging.makeLogRecord({"exc_info": (CancelledWhileRunning, CancelledWhileRunning(), None)})
+    >>> InterruptLineFilter().filter(record), InterruptLineFilter().filter(logging.makeLogRecord({}))
+    (False, True)
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], CancelledWhileRunning))
+
+
 class _Running:
     """A cancellable task running in a worker thread."""
 
@@ -118,6 +135,8 @@ class Cancellation(Middleware):
                 "Could not load pending cancellations (%s); the worker starts without them and keeps trying",
                 _describe(error),
             )
+        if self._cancellable:
+            logging.getLogger(DRAMATIQ_WORKER_LOGGER).addFilter(InterruptLineFilter())
         self._thread = threading.Thread(target=self._listen, name="greenroom-cancellations", daemon=True)
         self._thread.start()
 

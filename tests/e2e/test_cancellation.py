@@ -185,6 +185,8 @@ def test_running_cancellable_tasks_are_interrupted_on_both_processes_not_retried
     assert all(line["reason"] == "interrupted while running" for line in lines), lines
     assert all(notes.llen(f"{key}:started") == 1 for key in keys), "a cancelled task was retried"
     assert take_all(rabbitmq_url, f"{QUEUE}.XQ") == []
+    errors = [line for line in worker.json_lines() if line["level"] in ("ERROR", "CRITICAL")]
+    assert errors == [], "an interrupt by a cancel is no error"
     wait_for(lambda: worker.outcome_count(CANCELLABLE.name, "cancelled") == 4, 5, "outcome cancelled x4")
     assert worker.outcome_count(CANCELLABLE.name, "failure") == 0
 
