@@ -241,9 +241,10 @@ def build_result_backend(settings: Settings) -> RedisResultBackend:
 class LazyResultBackend:
     """Stands in for a result backend and builds it when it is first used.
 
-    A worker process thereby imports redis-py (a large import) only once one
-    of its tasks stores (or reads) a result; workers whose actors store none
-    never do.
+    A worker process thereby opens its results connection pool only once one of
+    its tasks stores (or reads) a result. (Every worker imports redis-py at boot
+    all the same: cancellation, :mod:`shared.runtime.cancellation`, loads the
+    pending cancels from Redis before the first message.)
 
     >>> from dramatiq.results.backends import StubBackend
     >>> built = []

@@ -32,7 +32,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
-import redis
 from dramatiq.middleware import Interrupt
 from dramatiq.results import ResultFailure
 
@@ -40,8 +39,9 @@ from observability.task_logging import CANCELLED_OPTION
 from shared.errors import GreenroomError, ServiceRefused
 from shared.result_marks import CANCELLED_TYPE, STOPPED_TYPE
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # a worker imports this module; redis-py only once it boots (runtime.cancellation)
     import dramatiq
+    import redis
 
     from shared.results import RedisResultBackend
 

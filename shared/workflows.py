@@ -54,9 +54,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import dramatiq
-import redis
 from dramatiq.rate_limits import Barrier
-from dramatiq.rate_limits.backends import RedisBackend
 from pydantic import ValidationError, create_model
 
 from shared.errors import InvalidParameter, InvalidTaskArguments, PublishError
@@ -407,6 +405,10 @@ def _create_barrier(
     ttl_ms = 1000 * max(c.result_ttl_seconds or producer.settings.RESULT_TTL_SECONDS for c in contracts)
     key = group_key(workflow_id)
     entries = json.dumps([[m.queue_name, m.actor_name, m.message_id] for m in members])
+    # Imported here: a worker imports this module (its option names), and redis-py only at boot.
+    import redis
+    from dramatiq.rate_limits.backends import RedisBackend
+
     client = producer.backend.client
     try:
         Barrier(RedisBackend(client=client), key, ttl=ttl_ms).create(len(members))

@@ -34,20 +34,17 @@ import json
 import logging
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dramatiq
-import redis
 from dramatiq.broker import MessageProxy
 from dramatiq.common import current_millis
 from dramatiq.middleware import GroupCallbacks, Middleware
 from dramatiq.rate_limits import Barrier
-from dramatiq.rate_limits.backends import RedisBackend
 from dramatiq.results import Results
 
 from observability.task_logging import was_cancelled
 from shared.result_marks import cancelled_mark, stopped_mark
-from shared.results import SOCKET_TIMEOUT_SECONDS
 from shared.service_refusals import outage_line
 from shared.settings import Settings
 from shared.task_policies import effective_policy
@@ -61,6 +58,9 @@ from shared.workflows import (
     WORKFLOW_OPTION,
     group_key,
 )
+
+if TYPE_CHECKING:  # redis-py is imported when a group member first arrives
+    from dramatiq.rate_limits.backends import RedisBackend
 
 logger = logging.getLogger("greenroom.workflows")
 
@@ -214,6 +214,11 @@ class GroupCompletion(GroupCallbacks):
         without groups never connects)."""
         with self._building:
             if self._limiter is None:
+                import redis
+                from dramatiq.rate_limits.backends import RedisBackend
+
+                from shared.results import SOCKET_TIMEOUT_SECONDS
+
                 client = redis.Redis.from_url(
                     self.settings.redis_url,
                     socket_timeout=SOCKET_TIMEOUT_SECONDS,
@@ -239,6 +244,8 @@ class GroupCompletion(GroupCallbacks):
         if exception is not None or message.failed:
             self.marks.stop_after(broker, message, [completion], exception)
             return
+        import redis  # loaded by the rate-limiter backend, which _arrive builds
+
         try:
             self._arrive(broker, message, key, completion)
         except redis.RedisError as error:

@@ -1,5 +1,6 @@
-"""A worker process (the `greenroom` command's modules and the workers) loads redis-py only when a
-task first stores a result (0.18 s and 7 MiB less)."""
+"""Importing the `greenroom` command's modules and the workers loads no redis-py (0.18 s and 7 MiB),
+so commands that need no Redis start light; a worker's result backend is built when a task first
+stores a result. (A booted worker imports redis-py for cancellation, shared.runtime.cancellation.)"""
 
 from __future__ import annotations
 
