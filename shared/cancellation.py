@@ -36,7 +36,6 @@ from dramatiq.middleware import Interrupt
 from dramatiq.results import ResultFailure
 
 from observability.task_logging import CANCELLED_OPTION
-from shared.errors import GreenroomError, ServiceRefused
 from shared.result_marks import CANCELLED_TYPE, STOPPED_TYPE
 
 if TYPE_CHECKING:  # a worker imports this module; redis-py only once it boots (runtime.cancellation)
@@ -48,7 +47,6 @@ if TYPE_CHECKING:  # a worker imports this module; redis-py only once it boots (
 __all__ = [
     "CANCELLED_OPTION",
     "CancelReport",
-    "CancelUnavailable",
     "CancelledWhileRunning",
     "cancel",
     "register_sent",
@@ -64,14 +62,6 @@ CANCELLATIONS_KEY = "greenroom-cancellations"
 class CancelledWhileRunning(Interrupt):
     """Raised in a worker thread whose task was cancelled while running (its contract is
     ``cancellable``): the task stops, is not retried, and its result is the cancelled mark."""
-
-
-class CancelUnavailable(GreenroomError, ConnectionError):
-    """Redis could not be reached (or refused its settings) for a cancel: nothing was cancelled."""
-
-
-class CancelRefused(CancelUnavailable, ServiceRefused):
-    """Redis refuses REDIS_URL (its login or database) for a cancel."""
 
 
 CancelStatus = Literal["cancelled", "already cancelled", "finished", "unknown"]

@@ -15,6 +15,7 @@ Every message is one line, with any quoted input cut to a short excerpt.
     ├── ResultUnavailable      (ConnectionError) Redis could not be read
     ├── PublishError           (ConnectionError) RabbitMQ did not confirm
     ├── BrokerUnavailable      (ConnectionError) RabbitMQ could not be used (dead letters)
+    ├── CancelUnavailable      (ConnectionError) Redis could not be used for a cancel
     ├── DeadLetterNotFound     (LookupError)  no dead letter has this id
     └── ServiceRefused                        mixed into the three above: RabbitMQ or Redis
                                               refuses the settings, so retrying cannot help
@@ -138,6 +139,14 @@ class BrokerUnavailable(GreenroomError, ConnectionError):
 
 class BrokerRefused(BrokerUnavailable, ServiceRefused):
     """RabbitMQ refuses RABBITMQ_URL (a login, a vhost, a permission) for reading dead letters."""
+
+
+class CancelUnavailable(GreenroomError, ConnectionError):
+    """Redis could not be reached (or refused its settings) for a cancel: nothing was cancelled."""
+
+
+class CancelRefused(CancelUnavailable, ServiceRefused):
+    """Redis refuses REDIS_URL (its login or database) for a cancel."""
 
 
 class DeadLetterNotFound(GreenroomError, LookupError):

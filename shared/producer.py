@@ -67,9 +67,11 @@ from observability.tracing import Tracing
 from shared import cancellation
 from shared.backoff import Backoff, retry_with_backoff
 from shared.broker import GreenroomBroker, build_broker, build_result_backend
-from shared.cancellation import CancelRefused, CancelReport, CancelUnavailable
+from shared.cancellation import CancelReport
 from shared.delays import remaining_ms
 from shared.errors import (
+    CancelRefused,
+    CancelUnavailable,
     InvalidParameter,
     InvalidSettings,
     InvalidTaskArguments,
