@@ -12,14 +12,15 @@ import os
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from opentelemetry.sdk.trace import TracerProvider
 
-from shared.bench.otlp_receiver import OtlpReceiver
+from shared.bench.otlp_receiver import OtlpReceiver, ReceivedSpan
 from shared.errors import TaskCancelled
 from shared.producer import Producer
 from shared.settings import Settings
@@ -38,6 +39,9 @@ from tests.support import (
 
 #: The worker module that implements the ``cancels`` tasks.
 CANCEL_WORKER = "tests.e2e.cancel_worker"
+
+#: OTLP status code of a span that is not an error.
+STATUS_UNSET = 0
 
 
 class CancelWorker(Worker):
@@ -112,6 +116,23 @@ def notes(redis_url: str) -> Iterator[redis.Redis[str]]:
     client.close()
 
 
+def _consumer_spans(
+    receiver: OtlpReceiver, tracer_provider: TracerProvider, message_ids: Sequence[str]
+) -> list[ReceivedSpan]:
+    """The consumer span of each of ``message_ids`` (one each), once all have arrived."""
+    tracer_provider.force_flush()
+
+    def spans() -> dict[str, ReceivedSpan]:
+        return {
+            s.attributes["messaging.message.id"]: s
+            for s in receiver.spans()
+            if s.kind == "CONSUMER" and s.attributes.get("messaging.message.id") in message_ids
+        }
+
+    wait_for(lambda: len(spans()) == len(message_ids), 15, "every consumer span")
+    return list(spans().values())
+
+
 def cancel_command(env: Mapping[str, str], *message_ids: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [GREENROOM, "cancel", *message_ids],
@@ -124,7 +145,11 @@ def cancel_command(env: Mapping[str, str], *message_ids: str) -> subprocess.Comp
 
 
 def test_tasks_cancelled_before_they_start_are_skipped(
-    worker: CancelWorker, producer: Producer, notes: redis.Redis[str]
+    worker: CancelWorker,
+    producer: Producer,
+    notes: redis.Redis[str],
+    otlp_receiver: OtlpReceiver,
+    tracer_provider: TracerProvider,
 ) -> None:
     # Given: 8 tasks that wait 1 s in RabbitMQ before they are due
     run = uuid.uuid4().hex
@@ -150,10 +175,21 @@ def test_tasks_cancelled_before_they_start_are_skipped(
         lambda: worker.outcome_count(QUICK.name, "cancelled") >= 8, 5, "outcome cancelled counted 8 times"
     )
     assert worker.outcome_count(QUICK.name, "failure") == 0
+    # And: each skip is a consumer span marked skipped and cancelled, no error, in the send's trace
+    spans = _consumer_spans(otlp_receiver, tracer_provider, [h.message_id for h in handles])
+    assert all(s.attributes.get("greenroom.task.cancelled") is True for s in spans)
+    assert all(s.attributes.get("dramatiq.message.skipped") is True for s in spans)
+    assert {s.status_code for s in spans} == {STATUS_UNSET}
+    assert len({s.trace_id for s in spans}) == 1, "a send_many batch is one trace"
 
 
 def test_running_cancellable_tasks_are_interrupted_on_both_processes_not_retried(
-    worker: CancelWorker, producer: Producer, notes: redis.Redis[str], rabbitmq_url: str
+    worker: CancelWorker,
+    producer: Producer,
+    notes: redis.Redis[str],
+    rabbitmq_url: str,
+    otlp_receiver: OtlpReceiver,
+    tracer_provider: TracerProvider,
 ) -> None:
     # Given: 4 cancellable tasks that would run 30 s, all running (2 threads a process: both processes)
     run = uuid.uuid4().hex
@@ -189,6 +225,11 @@ def test_running_cancellable_tasks_are_interrupted_on_both_processes_not_retried
     assert errors == [], "an interrupt by a cancel is no error"
     wait_for(lambda: worker.outcome_count(CANCELLABLE.name, "cancelled") == 4, 5, "outcome cancelled x4")
     assert worker.outcome_count(CANCELLABLE.name, "failure") == 0
+    # And: each interrupted run is one consumer span, marked cancelled, not an error, not skipped
+    spans = _consumer_spans(otlp_receiver, tracer_provider, [h.message_id for h in handles])
+    assert all(s.attributes.get("greenroom.task.cancelled") is True for s in spans)
+    assert not any(s.attributes.get("dramatiq.message.skipped") for s in spans)
+    assert {s.status_code for s in spans} == {STATUS_UNSET}
 
 
 def test_a_running_task_not_cancellable_finishes_and_its_result_stands(

@@ -10,8 +10,9 @@ import itertools
 import json
 import os
 import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,9 @@ from tests.e2e.workflow_tasks import IDLE_QUEUE, NOTES, QUEUE
 from tests.support import GREENROOM, REPO, Process, Worker, free_port, http_get, take_all, wait_for
 
 WORKER_MODULE = "tests.e2e.workflow_worker"
+#: OTLP status codes of a span.
+STATUS_UNSET, STATUS_ERROR = 0, 2
+RETRIES = "dramatiq.message.retries"
 #: The worker's MAX_MESSAGE_BYTES: a result of more cannot be piped into a next step.
 WORKER_MAX_MESSAGE_BYTES = 65_536
 
@@ -135,7 +139,12 @@ def test_a_pipeline_pipes_each_result_into_the_next_step(
 
 
 def test_a_failing_middle_step_stops_the_pipeline(
-    producer: Producer, worker: WorkflowWorker, notes: redis.Redis[str], run: str
+    producer: Producer,
+    worker: WorkflowWorker,
+    notes: redis.Redis[str],
+    run: str,
+    otlp_receiver: OtlpReceiver,
+    tracer_provider: TracerProvider,
 ) -> None:
     # When the middle step of a pipeline fails (it is not retried)
     handle = pipeline(
@@ -155,6 +164,12 @@ def test_a_failing_middle_step_stops_the_pipeline(
     assert [e["event"] for e in events] == ["failed"]
     assert not _events_of(worker, handle.message_ids[2], count=0)
     wait_for(lambda: worker.outcome_count("workflows.fail", "failure") >= 1, 10, "the failure on /metrics")
+    # And the trace: step 2's span failed and descends from step 1's; step 3 has none
+    spans, attempts = _attempt_spans(otlp_receiver, tracer_provider, handle.message_ids[:2], count=2)
+    first, second = attempts[handle.message_ids[0]][0], attempts[handle.message_ids[1]][0]
+    assert second.trace_id == first.trace_id and first.span_id in _ancestors(spans, second)
+    assert (first.status_code, second.status_code) == (STATUS_UNSET, STATUS_ERROR)
+    assert not _attempt_spans(otlp_receiver, tracer_provider, handle.message_ids[2:], count=0)[1]
 
 
 def test_a_piped_value_is_checked_when_the_step_arrives(
@@ -191,7 +206,11 @@ def test_a_result_too_large_to_pipe_stops_the_pipeline(
 
 
 def test_a_retried_step_sends_the_next_step_once(
-    producer: Producer, notes: redis.Redis[str], run: str
+    producer: Producer,
+    notes: redis.Redis[str],
+    run: str,
+    otlp_receiver: OtlpReceiver,
+    tracer_provider: TracerProvider,
 ) -> None:
     # When a pipeline's middle step fails once (ConnectionError, retried) and then succeeds
     handle = pipeline(
@@ -203,6 +222,14 @@ def test_a_retried_step_sends_the_next_step_once(
     # Then the last step ran exactly once, with the retried step's result
     assert handle.result(timeout=20) == 3
     assert _ran(notes, run) == ["add_one 1", "flaky 2", "flaky 2", "add_one 2"]
+    # And in the trace, the retry descends from the failed attempt, step 3 from the retry
+    spans, attempts = _attempt_spans(otlp_receiver, tracer_provider, handle.message_ids, count=4)
+    failed, retried = sorted(
+        attempts[handle.message_ids[1]], key=lambda s: s.attributes["dramatiq.message.retries"]
+    )
+    (last,) = attempts[handle.message_ids[2]]
+    assert failed.span_id in _ancestors(spans, retried) and retried.span_id in _ancestors(spans, last)
+    assert (failed.status_code, retried.status_code) == (STATUS_ERROR, STATUS_UNSET)
 
 
 def test_a_group_gives_every_members_result_in_order(
@@ -241,7 +268,11 @@ def test_a_failed_member_stops_the_completion_step(
 
 
 def test_a_pipeline_cancelled_mid_way_runs_no_later_step(
-    producer: Producer, notes: redis.Redis[str], run: str
+    producer: Producer,
+    notes: redis.Redis[str],
+    run: str,
+    otlp_receiver: OtlpReceiver,
+    tracer_provider: TracerProvider,
 ) -> None:
     # Given a pipeline whose first step is running (its contract is not cancellable)
     handle = pipeline(
@@ -263,6 +294,9 @@ def test_a_pipeline_cancelled_mid_way_runs_no_later_step(
     assert (cancelled.value.task, cancelled.value.message_id) == ("workflows.add_one", handle.message_ids[1])
     assert producer.result_of("workflows.wait", handle.message_ids[0], timeout=5) == 1
     assert _ran(notes, run) == ["wait 1"]
+    # And the trace holds step 1 only: the cancelled steps were never sent
+    _, attempts = _attempt_spans(otlp_receiver, tracer_provider, handle.message_ids, count=1)
+    assert list(attempts) == [handle.message_ids[0]]
 
 
 class _RecordingBroker:
@@ -429,6 +463,28 @@ def _workflow_spans(
     send = spans[steps[0].parent_span_id]
     assert send.kind == "PRODUCER"
     return spans, steps, send
+
+
+def _attempt_spans(
+    receiver: OtlpReceiver, tracer_provider: TracerProvider, message_ids: Sequence[str], *, count: int
+) -> tuple[dict[str, ReceivedSpan], dict[str, list[ReceivedSpan]]]:
+    """Every span received by id, and the consumer spans of ``message_ids`` by message id (each
+    attempt one), once ``count`` of them have arrived (with 0: what arrived within a second)."""
+    tracer_provider.force_flush()
+
+    def attempts() -> dict[str, list[ReceivedSpan]]:
+        found: dict[str, list[ReceivedSpan]] = {}
+        for span in receiver.spans():
+            message_id = span.attributes.get("messaging.message.id")
+            if span.kind == "CONSUMER" and message_id in message_ids:
+                found.setdefault(message_id, []).append(span)
+        return found
+
+    if count:
+        wait_for(lambda: sum(map(len, attempts().values())) >= count, 15, f"{count} consumer spans")
+    else:
+        time.sleep(1.0)  # a span that should not come: give the exporter its period
+    return {s.span_id: s for s in receiver.spans()}, attempts()
 
 
 def _ancestors(spans: dict[str, ReceivedSpan], span: ReceivedSpan) -> set[str]:
