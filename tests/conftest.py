@@ -11,7 +11,6 @@ from __future__ import annotations
 import gc
 import os
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +27,7 @@ from shared.delays import LADDER_QUEUES
 from shared.producer import Producer
 from shared.results import RESULTS_NAMESPACE
 from shared.settings import Settings, load_settings
+from tests.support import greenroom_env
 
 RABBITMQ_HOST = os.environ.get("GREENROOM_TEST_RABBITMQ", "127.0.0.1:5672")
 REDIS_TEST_URL = os.environ.get("GREENROOM_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
@@ -174,23 +174,7 @@ def service_env(
     rabbitmq_url: str, redis_url: str, otlp_receiver: OtlpReceiver, tmp_path: Path
 ) -> dict[str, str]:
     """Environment for greenroom subprocesses: the test services, nothing from the caller's config."""
-    env = {key: value for key, value in os.environ.items() if not _is_greenroom_setting(key)}
-    env.update(
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",  # greenroom, honcho
-        RABBITMQ_URL=rabbitmq_url,
-        REDIS_URL=redis_url,
-        LOG_LEVEL="INFO",
-        WORKER_SHUTDOWN_TIMEOUT_SECONDS="10",
-        TASK_MIN_BACKOFF_SECONDS="0.1",
-        OTEL_EXPORTER_OTLP_ENDPOINT=otlp_receiver.endpoint,
-        OTEL_EXPORTER_OTLP_PROTOCOL=otlp_receiver.protocol,
-        METRICS_DIR=str(tmp_path / "metrics"),
-    )
-    return env
-
-
-def _is_greenroom_setting(key: str) -> bool:
-    return key in Settings.model_fields or key.startswith(("OTEL_", "PROMETHEUS_"))
+    return greenroom_env(rabbitmq_url, redis_url, otlp_receiver, tmp_path / "metrics")
 
 
 @pytest.fixture

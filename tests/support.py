@@ -16,9 +16,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pika
+
+from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from shared.bench.otlp_receiver import OtlpReceiver
 
 REPO = Path(__file__).resolve().parent.parent
 GREENROOM = str(Path(sys.executable).with_name("greenroom"))
@@ -306,3 +311,27 @@ def _interrupts_held_back() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def greenroom_env(
+    rabbitmq_url: str, redis_url: str, otlp_receiver: OtlpReceiver, metrics_dir: Path
+) -> dict[str, str]:
+    """Environment for greenroom subprocesses: the test services, nothing from the caller's config
+    (tests/conftest.py's ``service_env``; for fixtures of any scope, a module's worker)."""
+    env = {key: value for key, value in os.environ.items() if not _is_greenroom_setting(key)}
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",  # greenroom, honcho
+        RABBITMQ_URL=rabbitmq_url,
+        REDIS_URL=redis_url,
+        LOG_LEVEL="INFO",
+        WORKER_SHUTDOWN_TIMEOUT_SECONDS="10",
+        TASK_MIN_BACKOFF_SECONDS="0.1",
+        OTEL_EXPORTER_OTLP_ENDPOINT=otlp_receiver.endpoint,
+        OTEL_EXPORTER_OTLP_PROTOCOL=otlp_receiver.protocol,
+        METRICS_DIR=str(metrics_dir),
+    )
+    return env
+
+
+def _is_greenroom_setting(key: str) -> bool:
+    return key in Settings.model_fields or key.startswith(("OTEL_", "PROMETHEUS_"))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import gzip
 import threading
+from collections.abc import Collection
 from concurrent import futures
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -125,6 +126,16 @@ class OtlpReceiver:
     def spans(self) -> list[ReceivedSpan]:
         with self._lock:
             return list(self._spans)
+
+    def consumer_spans(self, message_ids: Collection[str]) -> dict[str, list[ReceivedSpan]]:
+        """The CONSUMER spans kept of each of ``message_ids`` (one per processing attempt, in
+        the order they arrived), by message id; a message with none is left out."""
+        found: dict[str, list[ReceivedSpan]] = {}
+        for span in self.spans():
+            message_id = span.attributes.get("messaging.message.id")
+            if span.kind == "CONSUMER" and isinstance(message_id, str) and message_id in message_ids:
+                found.setdefault(message_id, []).append(span)
+        return found
 
     def record(self, request: trace_service_pb2.ExportTraceServiceRequest) -> None:
         """Count the request's spans (CONSUMER spans apart) and keep them if ``keep_spans``."""

@@ -90,8 +90,8 @@ def test_async_and_sync_actors_on_one_worker_have_the_same_results_task_lines_sp
     assert shapes["echo"] == shapes["echo_async"] and len(shapes["echo"]) == 1
 
     # And the metrics count both, with their durations
-    assert _sample(worker, "greenroom_tasks_total", actor="echo", outcome="success") == 6
-    assert _sample(worker, "greenroom_tasks_total", actor="echo_async", outcome="success") == 6
+    _wait_for_count(worker, "echo", "success", 6)
+    _wait_for_count(worker, "echo_async", "success", 6)
     for actor in ("echo", "echo_async"):
         assert _sample(worker, "greenroom_task_duration_seconds_count", actor=actor) == 6
         assert _sample(worker, "greenroom_task_duration_seconds_bucket", actor=actor, le="0.05") == 0
@@ -174,19 +174,12 @@ def _wait_for_consumer_spans(
     receiver: OtlpReceiver, message_ids: list[str], count: int = 1
 ) -> dict[str, ReceivedSpan]:
     """The last consumer span of each message, once ``count`` of each have arrived."""
-
-    def by_message() -> dict[str, list[ReceivedSpan]]:
-        found: dict[str, list[ReceivedSpan]] = {}
-        for span in receiver.spans():
-            message_id = span.attributes.get("messaging.message.id")
-            if span.kind == "CONSUMER" and message_id in message_ids:
-                found.setdefault(message_id, []).append(span)
-        return found
-
     wait_for(
-        lambda: all(len(by_message().get(m, [])) >= count for m in message_ids), 15, "the consumer spans"
+        lambda: all(len(receiver.consumer_spans(message_ids).get(m, [])) >= count for m in message_ids),
+        15,
+        "the consumer spans",
     )
-    return {message_id: spans[-1] for message_id, spans in by_message().items()}
+    return {message_id: spans[-1] for message_id, spans in receiver.consumer_spans(message_ids).items()}
 
 
 def _named(receiver: OtlpReceiver, name: str) -> list[ReceivedSpan]:

@@ -8,7 +8,6 @@ a cancel made while no worker runs holds when one starts.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 import uuid
@@ -23,7 +22,6 @@ from opentelemetry.sdk.trace import TracerProvider
 from shared.bench.otlp_receiver import OtlpReceiver, ReceivedSpan
 from shared.errors import TaskCancelled
 from shared.producer import Producer
-from shared.settings import Settings
 from tests.e2e.cancel_tasks import CANCELLABLE, LATE, LATE_QUEUE, NOTES, QUEUE, QUICK, STUBBORN
 from tests.support import (
     GREENROOM,
@@ -32,6 +30,7 @@ from tests.support import (
     Worker,
     delete_queues,
     free_port,
+    greenroom_env,
     http_get,
     take_all,
     wait_for,
@@ -72,23 +71,9 @@ class CancelWorker(Worker):
 def env(
     rabbitmq_url: str, redis_url: str, otlp_receiver: OtlpReceiver, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, str]:
-    """The environment of the module's greenroom processes (as tests/conftest.py's service_env)."""
-    keep = {
-        k: v for k, v in os.environ.items() if k not in Settings.model_fields and not k.startswith("OTEL_")
-    }
-    return {
-        **keep,
-        "PATH": f"{Path(GREENROOM).parent}{os.pathsep}{keep.get('PATH', '')}",
-        "PYTHONPATH": str(REPO),
-        "RABBITMQ_URL": rabbitmq_url,
-        "REDIS_URL": redis_url,
-        "LOG_LEVEL": "INFO",
-        "WORKER_SHUTDOWN_TIMEOUT_SECONDS": "10",
-        "TASK_MIN_BACKOFF_SECONDS": "0.1",
-        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.endpoint,
-        "OTEL_EXPORTER_OTLP_PROTOCOL": otlp_receiver.protocol,
-        "METRICS_DIR": str(tmp_path_factory.mktemp("metrics")),
-    }
+    """The environment of the module's greenroom processes (tests/conftest.py's service_env)."""
+    env = greenroom_env(rabbitmq_url, redis_url, otlp_receiver, tmp_path_factory.mktemp("metrics"))
+    return {**env, "PYTHONPATH": str(REPO)}
 
 
 @pytest.fixture(scope="module")
@@ -121,16 +106,8 @@ def _consumer_spans(
 ) -> list[ReceivedSpan]:
     """The consumer span of each of ``message_ids`` (one each), once all have arrived."""
     tracer_provider.force_flush()
-
-    def spans() -> dict[str, ReceivedSpan]:
-        return {
-            s.attributes["messaging.message.id"]: s
-            for s in receiver.spans()
-            if s.kind == "CONSUMER" and s.attributes.get("messaging.message.id") in message_ids
-        }
-
-    wait_for(lambda: len(spans()) == len(message_ids), 15, "every consumer span")
-    return list(spans().values())
+    wait_for(lambda: len(receiver.consumer_spans(message_ids)) == len(message_ids), 15, "every consumer span")
+    return [span for spans in receiver.consumer_spans(message_ids).values() for span in spans]
 
 
 def cancel_command(env: Mapping[str, str], *message_ids: str) -> subprocess.CompletedProcess[str]:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import sys
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -29,10 +27,20 @@ from shared.errors import InvalidTaskArguments, TaskCancelled, TaskFailed
 from shared.producer import Producer, group, pipeline, step
 from shared.results import RedisResultBackend
 from shared.runtime.workflow_steps import GroupCompletion
-from shared.settings import Settings, load_settings
+from shared.settings import load_settings
 from shared.workflows import WorkflowHandle
 from tests.e2e.workflow_tasks import IDLE_QUEUE, NOTES, QUEUE
-from tests.support import GREENROOM, REPO, Process, Worker, free_port, http_get, take_all, wait_for
+from tests.support import (
+    GREENROOM,
+    REPO,
+    Process,
+    Worker,
+    free_port,
+    greenroom_env,
+    http_get,
+    take_all,
+    wait_for,
+)
 
 WORKER_MODULE = "tests.e2e.workflow_worker"
 #: OTLP status codes of a span.
@@ -69,22 +77,8 @@ def worker(
     rabbitmq_url: str, redis_url: str, otlp_receiver: OtlpReceiver, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WorkflowWorker]:
     workdir = tmp_path_factory.mktemp("workflows")
-    env = {
-        k: v for k, v in os.environ.items() if k not in Settings.model_fields and not k.startswith("OTEL_")
-    }
-    env.update(
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-        RABBITMQ_URL=rabbitmq_url,
-        REDIS_URL=redis_url,
-        LOG_LEVEL="INFO",
-        WORKER_SHUTDOWN_TIMEOUT_SECONDS="10",
-        TASK_MIN_BACKOFF_SECONDS="0.1",
-        OTEL_EXPORTER_OTLP_ENDPOINT=otlp_receiver.endpoint,
-        OTEL_EXPORTER_OTLP_PROTOCOL=otlp_receiver.protocol,
-        OTEL_BSP_SCHEDULE_DELAY="200",
-        MAX_MESSAGE_BYTES=str(WORKER_MAX_MESSAGE_BYTES),
-        METRICS_DIR=str(workdir / "metrics"),
-    )
+    env = greenroom_env(rabbitmq_url, redis_url, otlp_receiver, workdir / "metrics")
+    env.update(OTEL_BSP_SCHEDULE_DELAY="200", MAX_MESSAGE_BYTES=str(WORKER_MAX_MESSAGE_BYTES))
     started = WorkflowWorker(env, workdir)
     try:
         started.wait_ready()
@@ -449,11 +443,8 @@ def _workflow_spans(
     tracer_provider.force_flush()
 
     def consumers() -> dict[str, ReceivedSpan]:
-        return {
-            s.attributes["messaging.message.id"]: s
-            for s in receiver.spans()
-            if s.kind == "CONSUMER" and s.attributes.get("messaging.message.id") in handle.message_ids
-        }
+        received = receiver.consumer_spans(handle.message_ids)
+        return {message_id: spans[-1] for message_id, spans in received.items()}
 
     wait_for(lambda: len(consumers()) == len(handle.message_ids), 15, "every step's consumer span")
     spans = {s.span_id: s for s in receiver.spans()}
@@ -471,20 +462,15 @@ def _attempt_spans(
     """Every span received by id, and the consumer spans of ``message_ids`` by message id (each
     attempt one), once ``count`` of them have arrived (with 0: what arrived within a second)."""
     tracer_provider.force_flush()
-
-    def attempts() -> dict[str, list[ReceivedSpan]]:
-        found: dict[str, list[ReceivedSpan]] = {}
-        for span in receiver.spans():
-            message_id = span.attributes.get("messaging.message.id")
-            if span.kind == "CONSUMER" and message_id in message_ids:
-                found.setdefault(message_id, []).append(span)
-        return found
-
     if count:
-        wait_for(lambda: sum(map(len, attempts().values())) >= count, 15, f"{count} consumer spans")
+        wait_for(
+            lambda: sum(map(len, receiver.consumer_spans(message_ids).values())) >= count,
+            15,
+            f"{count} consumer spans",
+        )
     else:
         time.sleep(1.0)  # a span that should not come: give the exporter its period
-    return {s.span_id: s for s in receiver.spans()}, attempts()
+    return {s.span_id: s for s in receiver.spans()}, receiver.consumer_spans(message_ids)
 
 
 def _ancestors(spans: dict[str, ReceivedSpan], span: ReceivedSpan) -> set[str]:
