@@ -204,8 +204,9 @@ def _actor_option(broker: dramatiq.Broker, message: MessageProxy, name: str) -> 
 def _outcome(
     broker: dramatiq.Broker, message: MessageProxy, exception: BaseException | None
 ) -> tuple[str, int, dict[str, Any]]:
-    if exception is None and message.failed:  # it ran, but what follows could not be published
-        return "dead-lettered", logging.ERROR, {"reason": "its next workflow step could not be published"}
+    if exception is None and message.failed:  # it ran, but its workflow could not go on
+        reason = "its workflow could not go on (the ERROR line before says why)"
+        return "dead-lettered", logging.ERROR, {"reason": reason}
     if exception is None:
         return "succeeded", logging.INFO, {}
     if was_cancelled(message):

@@ -16,8 +16,10 @@ Each message gets a :class:`CancelReport`, whose ``line`` says what happened:
 
 >>> report_for("6b8e", None, "unknown").line
 'message 6b8e: unknown (never sent by a greenroom producer, or its record expired)'
->>> report_for("6b8e", SentRecord("echo", "default", True), "cancelled").line
+>>> report_for("6b8e", SentRecord("echo", "default", True, cancellable=True), "cancelled").line
 'message 6b8e (task echo): cancelled'
+>>> report_for("6b8e", SentRecord("echo", "default", True), "cancelled").line
+'message 6b8e (task echo): cancelled (if it is running already, it finishes: the task is not cancellable)'
 >>> report_for("6b8e", SentRecord("echo", "default", False), "cancelled").line
 'message 6b8e (task echo): cancelled (the task stores no results: it may have run already)'
 >>> report_for("6b8e", SentRecord("echo", "default", True), "finished", "it succeeded").line
@@ -83,27 +85,41 @@ class CancelReport:
 
 
 class SentRecord(NamedTuple):
-    """What the registry keeps of a sent message: enough to find its result key."""
+    """What the registry keeps of a sent message: enough to find its result key, and whether
+    its task is ``cancellable`` (what a cancel does to it once it runs)."""
 
     task: str
     queue: str
     store_results: bool
+    cancellable: bool = False
 
     def encode(self) -> str:
-        return json.dumps({"task": self.task, "queue": self.queue, "results": self.store_results})
+        return json.dumps(
+            {
+                "task": self.task,
+                "queue": self.queue,
+                "results": self.store_results,
+                "cancellable": self.cancellable,
+            }
+        )
 
     @classmethod
     def decode(cls, data: bytes | str | None) -> SentRecord | None:
         """The record stored as ``data``; None if there is none or it is not one.
 
         >>> SentRecord.decode(SentRecord("echo", "default", True).encode())
-        SentRecord(task='echo', queue='default', store_results=True)
+        SentRecord(task='echo', queue='default', store_results=True, cancellable=False)
         >>> SentRecord.decode(b"[1]") is None
         True
         """
         try:
             value = json.loads(data) if data is not None else {}
-            return cls(str(value["task"]), str(value["queue"]), value["results"] is True)
+            return cls(
+                str(value["task"]),
+                str(value["queue"]),
+                value["results"] is True,
+                value.get("cancellable") is True,
+            )
         except (ValueError, TypeError, KeyError):
             return None
 
@@ -194,6 +210,8 @@ def report_for(
         line += f"finished, not cancelled ({detail})"
     elif status == "cancelled" and not record.store_results:
         line += "cancelled (the task stores no results: it may have run already)"
+    elif status == "cancelled" and not record.cancellable:
+        line += "cancelled (if it is running already, it finishes: the task is not cancellable)"
     else:
         line += status
     return CancelReport(message_id, record.task, status, line)
@@ -206,7 +224,8 @@ def _record(message: dramatiq.Message[Any]) -> str:
 
     contract = TASKS.get(message.actor_name)
     store_results = bool(contract.store_results) if contract is not None else True
-    return SentRecord(message.actor_name, message.queue_name, store_results).encode()
+    cancellable = bool(contract.cancellable) if contract is not None else False
+    return SentRecord(message.actor_name, message.queue_name, store_results, cancellable).encode()
 
 
 def _result_key(backend: RedisResultBackend, message_id: str, record: SentRecord) -> str:

@@ -254,16 +254,23 @@ class Producer:
         return [TaskHandle(contract.name, m.message_id, self) for m in messages]
 
     def publish_batch(
-        self, messages: Sequence[dramatiq.Message[Any]], queue_name: str, options: Mapping[str, Any]
+        self,
+        messages: Sequence[dramatiq.Message[Any]],
+        queue_name: str,
+        options: Mapping[str, Any],
+        *,
+        register: bool = True,
     ) -> None:
-        """Record ``messages`` for cancellation, then publish them as one traced batch
-        (one ``send <queue_name>`` span, ``options`` its attributes) with publisher confirms.
+        """Record ``messages`` for cancellation (unless ``register`` is False: the caller did),
+        then publish them as one traced batch (one ``send <queue_name>`` span, ``options`` its
+        attributes) with publisher confirms.
 
         For ``send_many`` and workflows (:mod:`shared.workflows`). For example::
 
             producer.publish_batch(messages, "default", {})
         """
-        self.register_sent(messages)
+        if register:
+            self.register_sent(messages)
         tracing = self._tracing()
         batch = tracing.publishing_batch(queue_name, len(messages), options) if tracing else nullcontext()
         with batch:
@@ -294,7 +301,7 @@ class Producer:
         """Cancel the messages ``message_ids`` (:func:`shared.cancellation.cancel`); one report each.
         For example::
 
-            producer.cancel("6b8e...")[0].line   # 'message 6b8e... (task echo): cancelled'
+            producer.cancel("6b8e...")[0].status   # 'cancelled'
 
         Raises InvalidParameter for an id that is not one (nothing cancelled), CancelUnavailable
         when Redis cannot be reached (CancelRefused when it refuses REDIS_URL).

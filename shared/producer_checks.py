@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import re
 import sys
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
@@ -42,11 +43,13 @@ from typing import Any
 import dramatiq
 
 from shared.delays import DUE_AT_OPTION, MAX_DELAY_SECONDS
-from shared.errors import InvalidParameter, InvalidTaskArguments
+from shared.errors import InvalidParameter, InvalidTaskArguments, excerpt
 from shared.tasks import MAX_PRIORITY, TaskContract
 
-#: Longest message id ``result_of`` accepts (Dramatiq's are 36-character UUIDs).
-MAX_MESSAGE_ID_CHARS = 255
+#: Longest message id ``result_of`` and ``cancel`` accept, and its characters: those a worker
+#: accepts on arrival (shared.runtime.message_checks; Dramatiq's ids are 36-character UUIDs).
+MAX_MESSAGE_ID_CHARS = 128
+_MESSAGE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
 
 
 def task_message(
@@ -147,14 +150,22 @@ def timeout_seconds(timeout: object) -> float:
 
 
 def check_message_id(message_id: object) -> None:
+    """InvalidParameter unless ``message_id`` could be a message's id as a worker accepts one: 1
+    to 128 letters, digits and ``._:-``, beginning with a letter or digit (Dramatiq's are UUIDs).
+
+    >>> check_message_id("../m-1")
+    Traceback (most recent call last):
+      ...
+    shared.errors.InvalidParameter: message_id: '../m-1' is not 1 to 128 letters, digits and ._:- ...
+    """
     if not isinstance(message_id, str):
         raise InvalidParameter("message_id", f"must be a string, got {type(message_id).__name__}")
-    if not 0 < len(message_id) <= MAX_MESSAGE_ID_CHARS:
-        raise InvalidParameter("message_id", f"must be 1 to {MAX_MESSAGE_ID_CHARS} characters long")
-    try:
-        message_id.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidParameter("message_id", "is not Unicode text (it holds a lone surrogate)") from None
+    if len(message_id) > MAX_MESSAGE_ID_CHARS or not _MESSAGE_ID.fullmatch(message_id):
+        raise InvalidParameter(
+            "message_id",
+            f"{excerpt(repr(message_id), 80)} is not 1 to {MAX_MESSAGE_ID_CHARS} letters, digits and ._:- "
+            "(beginning with a letter or digit), as every message id is",
+        )
 
 
 def due_at_ms(*, delay: object, eta: object, now_ms: int) -> int | None:

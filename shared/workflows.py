@@ -143,8 +143,8 @@ class Pipeline:
             message = _message(contracts[number - 1], self.steps[number - 1], number, options, producer)
             messages.insert(0, message)
             following = message.asdict()
-        producer.register_sent(messages[1:])  # publish_batch registers the first
-        producer.publish_batch(messages[:1], messages[0].queue_name, {})
+        producer.register_sent(messages)  # every step, in one command: the later ones are sent by workers
+        producer.publish_batch(messages[:1], messages[0].queue_name, {}, register=False)
         return WorkflowHandle(workflow_id, "pipeline", _ids(messages), producer, all_results=False)
 
 
@@ -198,10 +198,10 @@ class Group:
             )
             for number, (member, contract) in enumerate(zip(self.members, contracts, strict=True), 1)
         ]
+        producer.register_sent([*members, *([completion] if completion is not None else [])])
         if completion is not None:
-            producer.register_sent([completion])
             _create_barrier(producer, workflow_id, members, [*contracts, get_task(completion.actor_name)])
-        producer.publish_batch(members, members[0].queue_name, {})
+        producer.publish_batch(members, members[0].queue_name, {}, register=False)
         ids = _ids([*members, *([completion] if completion is not None else [])])
         return WorkflowHandle(workflow_id, "group", ids, producer, all_results=completion is None)
 
@@ -339,7 +339,7 @@ def _message(
     """The checked message of step ``number``: its arguments (all but the piped one) valid
     and strict JSON, the message within MAX_MESSAGE_BYTES."""
     if not isinstance(item.kwargs, Mapping):
-        raise InvalidTaskArguments(contract.name, "kwargs must be a mapping of keyword arguments")
+        raise InvalidTaskArguments(contract.name, f"step {number}: kwargs must be a mapping of arguments")
     if item.pipe_as is not None:
         if item.pipe_as not in contract.arguments.model_fields:
             raise InvalidParameter(
@@ -351,9 +351,12 @@ def _message(
                 "steps",
                 f"step {number} ({contract.name}) gets {item.pipe_as!r} both as pipe_as and as an argument",
             )
-    check_unicode(contract, item.kwargs)
-    arguments = _arguments(contract, item)
-    check_strict_json(contract, arguments)
+    try:
+        check_unicode(contract, item.kwargs)
+        arguments = _arguments(contract, item)
+        check_strict_json(contract, arguments)
+    except InvalidTaskArguments as error:  # which step, as every other check here says
+        raise InvalidTaskArguments(contract.name, f"step {number}: {error.problems}") from None
     message: dramatiq.Message[Any] = dramatiq.Message(
         queue_name=contract.queue, actor_name=contract.name, args=(), kwargs=arguments, options=options
     )

@@ -1,7 +1,7 @@
 """``greenroom cancel``: cancel sent tasks by message id; one line per id.
 
-$ greenroom cancel 0c1f5a3e-2b8d-4c1e-9a57-6f0d2e3b9c41 7d1e...
-message 0c1f5a3e-2b8d-4c1e-9a57-6f0d2e3b9c41 (task echo): cancelled
+$ greenroom cancel 0c1f5a3e-... 7d1e...
+message 0c1f5a3e-... (task echo): cancelled (if it is running already, it finishes: ...)
 message 7d1e...: unknown (never sent by a greenroom producer, or its record expired)
 
 A task not started yet is skipped when a worker gets it; a running one is
@@ -56,7 +56,7 @@ def report(reports: Sequence[CancelReport]) -> int:
     >>> report([report_for("m-1", SentRecord("echo", "default", True), "already cancelled")])
     message m-1 (task echo): already cancelled
     0
-    >>> echo = SentRecord("echo", "default", True)
+    >>> echo = SentRecord("echo", "default", True, cancellable=True)
     >>> report([report_for("m-1", echo, "cancelled"), report_for("m-2", None, "unknown")])
     message m-1 (task echo): cancelled
     message m-2: unknown (never sent by a greenroom producer, or its record expired)

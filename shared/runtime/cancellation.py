@@ -124,6 +124,7 @@ class Cancellation(Middleware):
             for name in broker.get_declared_actors()
             if getattr(self._contract_of(name), "cancellable", False)
         )
+        self._connected = True  # the thread tells the first outage, unless the boot load told it
         try:
             client = self._client_factory(BOOT_TIMEOUT_SECONDS)
             try:
@@ -131,6 +132,7 @@ class Cancellation(Middleware):
             finally:
                 client.close()
         except Exception as error:  # Redis away or refusing: the thread keeps trying
+            self._connected = False
             logger.warning(
                 "Could not load pending cancellations (%s); the worker starts without them and keeps trying",
                 _describe(error),
@@ -239,7 +241,6 @@ class Cancellation(Middleware):
     def _listen(self) -> None:
         """Follow the announcements and reload the set, reconnecting with a backoff."""
         delays = RECONNECT_BACKOFF.delays()
-        self._connected = True  # so that the first failure is told
         while not self._stop.is_set():
             try:
                 self._follow()

@@ -45,6 +45,7 @@ from dramatiq.results import Results
 
 from observability.task_logging import was_cancelled
 from shared.result_marks import cancelled_mark, stopped_mark
+from shared.runtime.message_checks import MessageRejected, checked_message
 from shared.service_refusals import outage_line
 from shared.settings import Settings
 from shared.task_policies import effective_policy
@@ -266,18 +267,26 @@ class GroupCompletion(GroupCallbacks):
     ) -> None:
         """Count ``message`` in (once), and publish the completion step if it completes the group."""
         client = self.rate_limiter_backend.client
-        with client.pipeline() as pipe:  # MULTI: the count seen is this member's own
-            pipe.sadd(f"{key}:done", message.message_id)
-            pipe.scard(f"{key}:done")
+        with client.pipeline(transaction=False) as pipe:
             pipe.pttl(key)
             pipe.get(f"{key}:members")
-            added, count, ttl_ms, members_data = pipe.execute()
+            ttl_ms, members_data = pipe.execute()
         members = _members(members_data)
         if members is None or ttl_ms <= 0:
             self.marks.not_sent(
                 broker, message, [completion], "the group's barrier expired or was never created"
             )
             return
+        if message.message_id not in {member_id for _queue, _actor, member_id in members}:
+            logger.error(  # a forged or stray message must not count in another group
+                "Message %s is not a member of group %s; it is not counted", message.message_id, key
+            )
+            return
+        with client.pipeline() as pipe:  # MULTI: the count seen is this member's own
+            pipe.sadd(f"{key}:done", message.message_id)
+            pipe.pexpire(f"{key}:done", ttl_ms)  # never a key without an expiry
+            pipe.scard(f"{key}:done")
+            added, _expiring, count = pipe.execute()
         released = count - 1 >= len(members)  # the done set holds a placeholder
         if added:
             barrier = Barrier(self.rate_limiter_backend, key, ttl=ttl_ms)
@@ -333,7 +342,7 @@ def send_next(
     as its piped argument, unless it was cancelled or cannot be built (then ``later`` is
     marked); False when its publish failed (``message`` is then failed: dead-lettered)."""
     try:
-        next_message = _next_message(later[0], result, settings.MAX_MESSAGE_BYTES)
+        next_message = _next_message(broker, later[0], result, settings.MAX_MESSAGE_BYTES)
     except _NotSendable as why:
         marks.not_sent(broker, message, later, str(why))
         return True
@@ -358,7 +367,9 @@ class _NotSendable(Exception):
     """The next step cannot be built from what the message carries and the result."""
 
 
-def _next_message(data: Any, result: Any, max_bytes: int) -> dramatiq.Message[Any]:
+def _next_message(broker: dramatiq.Broker, data: Any, result: Any, max_bytes: int) -> dramatiq.Message[Any]:
+    """The next step built from ``data`` with ``result`` piped in, checked as a worker checks a
+    message on arrival (what it would dead-letter there is never sent: the workflow stops here)."""
     try:
         next_message: dramatiq.Message[Any] = dramatiq.Message(**data)
         pipe_as = next_message.options.get(PIPE_AS_OPTION)
@@ -367,14 +378,24 @@ def _next_message(data: Any, result: Any, max_bytes: int) -> dramatiq.Message[An
             kwargs[pipe_as] = result
         next_message = next_message.copy(kwargs=kwargs, message_timestamp=current_millis())
         json.dumps(kwargs, allow_nan=False)
-        size = len(next_message.encode())
+        body = next_message.encode()
     except (TypeError, ValueError, RecursionError) as error:
         raise _NotSendable(f"the result cannot be piped as JSON ({type(error).__name__})") from None
-    if size > max_bytes:
+    if len(body) > max_bytes:
         raise _NotSendable(
-            f"result too large to pipe: the next step would be {size} bytes, "
+            f"result too large to pipe: the next step would be {len(body)} bytes, "
             f"more than MAX_MESSAGE_BYTES ({max_bytes})"
         )
+
+    def queue_of_actor(name: str) -> str | None:  # an actor another process type declares: its queue
+        actor = broker.actors.get(name)
+        return actor.queue_name if actor is not None else next_message.queue_name
+
+    try:
+        queue, now_ms = next_message.queue_name, current_millis()
+        checked_message(body, queue, queue_of_actor, max_bytes=max_bytes, now_ms=now_ms)
+    except MessageRejected as rejected:
+        raise _NotSendable(f"the next step would be refused on arrival: {rejected}") from None
     return next_message
 
 

@@ -299,12 +299,13 @@ class _RecordingBroker:
     def __init__(self, backend: RedisResultBackend) -> None:
         self.middleware = [Results(backend=backend)]
         self.enqueued: list[dramatiq.Message[Any]] = []
+        self.actors: dict[str, Any] = {}  # none declared: a next step's queue is taken as its actor's
 
     def enqueue(self, message: dramatiq.Message[Any]) -> None:
         self.enqueued.append(message)
 
 
-def test_a_group_member_counts_once_however_often_it_arrives(
+def test_a_group_member_counts_once_however_often_it_arrives_and_a_stranger_not_at_all(
     producer: Producer, rabbitmq_url: str, redis_url: str, run: str
 ) -> None:
     # Given a group of three on a queue no worker consumes, every member's result stored,
@@ -323,17 +324,22 @@ def test_a_group_member_counts_once_however_often_it_arrives(
         proxy = MessageProxy(sent[number])
         completion.after_process_message(broker, proxy, result=number * 10)  # type: ignore[arg-type]
 
-    # When members arrive, some of them again (redelivered after a lost ack)
+    # When members arrive, some of them again (redelivered after a lost ack), and a forged
+    # message naming the group (a copy of a member under another id) arrives too
     for number in (0, 0, 1):
         arrive(number)
+    forged = sent[0].copy(message_id=str(uuid.uuid4()))
+    completion.after_process_message(broker, MessageProxy(forged), result=99)  # type: ignore[arg-type]
     assert broker.enqueued == []
     for number in (2, 2, 1, 0):
         arrive(number)
 
-    # Then the completion step was sent once, with the results in member order
+    # Then the completion step was sent once, with the members' results in member order
     [sent_completion] = broker.enqueued
     assert sent_completion.message_id == handle.message_ids[3]
     assert sent_completion.kwargs == {"run": run, "values": [0, 10, 20]}
+    # And the group's done set expires with the group
+    assert 0 < backend.client.pttl(f"greenroom-group:{handle.workflow_id}:done") <= 3_600_000
     backend.client.close()
     completion.rate_limiter_backend.client.close()
 

@@ -143,12 +143,11 @@ def test_a_worker_starts_with_redis_away_with_one_warning(
     with caplog.at_level(logging.WARNING, logger="greenroom.cancellation"):
         middleware.after_process_boot(broker)
         boot_seconds = time.monotonic() - started
-        wait_for(lambda: len(caplog.records) >= 2, 5, "the thread's warning")
+        time.sleep(1.5)  # the thread's first attempts to connect (0.5 s, then 1 s apart) fail meanwhile
         middleware.after_worker_shutdown(broker, None)  # type: ignore[arg-type]
     broker.close()
 
     assert boot_seconds < 3
     assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
         "Could not load pending cancellations",
-        "Lost Redis for cancellations",
-    ], "one line at boot, one for the outage, none per reconnect attempt"
+    ], "one line for the outage, none per reconnect attempt"

@@ -45,9 +45,15 @@ class RecordingProducer(Producer):
         self.registered.extend(messages)
 
     def publish_batch(
-        self, messages: Sequence[dramatiq.Message[Any]], queue_name: str, options: Mapping[str, Any]
+        self,
+        messages: Sequence[dramatiq.Message[Any]],
+        queue_name: str,
+        options: Mapping[str, Any],
+        *,
+        register: bool = True,
     ) -> None:
-        self.register_sent(messages)
+        if register:
+            self.register_sent(messages)
         self.published.extend(messages)
 
 
@@ -78,8 +84,8 @@ def test_a_pipeline_publishes_its_first_step_carrying_the_others(producer: Recor
 
     [first] = producer.published
     assert first.message_id == handle.message_ids[0]
-    # every step registered (for cancel), the later ones before the first is published
-    assert [m.message_id for m in producer.registered] == [*handle.message_ids[1:], handle.message_ids[0]]
+    # every step registered (for cancel), in one go before the first is published
+    assert [m.message_id for m in producer.registered] == list(handle.message_ids)
     chain = chain_from(first.asdict())
     assert [m["message_id"] for m in chain] == list(handle.message_ids)
     assert [m["options"]["greenroom_workflow"] for m in chain] == [
@@ -96,7 +102,7 @@ def test_a_group_with_a_completion_step_carries_it_on_every_member(producer: Rec
     handle = group([_add(1), _add(2)]).then(step("workflows.total", run="r", pipe_as="values")).send(producer)
 
     assert [m.message_id for m in producer.published] == list(handle.message_ids[:2])
-    assert [m.message_id for m in producer.registered] == [handle.message_ids[2], *handle.message_ids[:2]]
+    assert [m.message_id for m in producer.registered] == list(handle.message_ids)
     assert producer.barriers == [(handle.workflow_id, 2)]  # type: ignore[attr-defined]
     for number, member in enumerate(producer.published, 1):
         assert member.options["group_completion_uuid"] == f"greenroom-group:{handle.workflow_id}"
@@ -202,7 +208,7 @@ def _carried(pipe_as: str | None = "value") -> dict[str, Any]:
 
 def test_the_worker_pipes_the_result_into_the_next_step() -> None:
     carried = _carried()
-    built = _next_message(carried, 41, max_bytes=4096)
+    built = _next_message(RecordingBroker(), carried, 41, max_bytes=4096)
     assert built.kwargs == {"run": "r", "value": 41}
     assert built.message_id == carried["message_id"]
     assert built.message_timestamp >= carried["message_timestamp"]  # its age counts from now
@@ -218,11 +224,11 @@ def test_the_worker_pipes_the_result_into_the_next_step() -> None:
 )
 def test_a_result_that_cannot_be_piped_stops_the_pipeline(result: Any, problem: str) -> None:
     with pytest.raises(_NotSendable, match=problem):
-        _next_message(_carried(), result, max_bytes=4096)
+        _next_message(RecordingBroker(), _carried(), result, max_bytes=4096)
 
 
 def test_a_step_without_pipe_as_ignores_the_result() -> None:
-    assert _next_message(_carried(None), 41, max_bytes=4096).kwargs == {"run": "r"}
+    assert _next_message(RecordingBroker(), _carried(None), 41, max_bytes=4096).kwargs == {"run": "r"}
 
 
 def test_chain_from_stops_at_the_step_limit() -> None:
@@ -247,6 +253,9 @@ class RecordingBroker:
             _Cancelled(load_settings(_env_file=None), cancelled),
         ]
         self.enqueued: list[dramatiq.Message[Any]] = []
+        self.actors: dict[
+            str, Any
+        ] = {}  # none declared here: a next step's own queue is taken as its actor's
 
     def enqueue(self, message: dramatiq.Message[Any]) -> None:
         self.enqueued.append(message)
@@ -335,6 +344,23 @@ def test_a_step_that_succeeds_sends_the_next_one_with_its_result(producer: Recor
     [sent] = broker.enqueued
     assert (sent.message_id, sent.kwargs) == (later[0]["message_id"], {"run": "r", "value": 2})
     assert chain_from(sent.options["greenroom_next"]) == later[1:]
+
+
+def test_a_result_a_worker_would_refuse_on_arrival_stops_the_pipeline_here(
+    producer: RecordingProducer,
+) -> None:
+    # A lone surrogate (os.listdir's name for a file not in UTF-8) is escaped by json.dumps,
+    # but a consumer dead-letters such a body: the next step is not sent, the later ones marked
+    broker = RecordingBroker()
+    first, later = _three_steps(producer)
+    PipelineSteps(load_settings(_env_file=None)).after_process_message(broker, first, result="caf\udce9")  # type: ignore[arg-type]
+
+    assert broker.enqueued == []
+    for data in later:
+        with pytest.raises(TaskFailed) as failed:
+            broker.result_of(data)
+        assert (failed.value.message_id, failed.value.error_type) == (first.message_id, "NextStepNotSent")
+        assert "refused on arrival: body: holds a lone UTF-16 surrogate escape" in failed.value.error
 
 
 def test_a_next_step_whose_publish_fails_dead_letters_the_step(producer: RecordingProducer) -> None:
