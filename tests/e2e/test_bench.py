@@ -21,7 +21,7 @@ def test_bench_runs_both_sides_writes_json_and_leaves_no_queue(
     env = {**service_env, "DEAD_LETTER_TTL_SECONDS": "3600"}
     completed = run_cli(
         [
-            *("bench", "--messages", "200", "--processes", "1", "--threads", "2", "--rounds", "2"),
+            *("bench", "--messages", "200", "--processes", "1", "--threads", "2", "--rounds", "1"),
             # gRPC here; every other tracing test exports over http/protobuf, the default
             *("--otlp-protocol", "grpc", "--json", str(report_path)),
         ],
@@ -57,7 +57,7 @@ def test_bench_runs_both_sides_writes_json_and_leaves_no_queue(
         assert figures["async_worker_cpu_ms_per_task"] >= 0
         assert set(figures["queue_wait_ms"]) == {"p50", "p95", "p99"}
         assert figures["queue_wait_ms"]["p99"] >= figures["queue_wait_ms"]["p50"] > 0
-    assert [len(report["rounds"][side]) for side in ("bare", "greenroom")] == [2, 2]
+    assert [len(report["rounds"][side]) for side in ("bare", "greenroom")] == [1, 1]
     for run in (*report["rounds"]["bare"], *report["rounds"]["greenroom"]):  # queue wait measured each round
         assert run["queue_wait_ms"]["p99"] >= run["queue_wait_ms"]["p50"] > 0
     assert set(report["bare"]["send_per_second"]) == {"send_confirmed", "send_unconfirmed"}
@@ -72,9 +72,9 @@ def test_bench_runs_both_sides_writes_json_and_leaves_no_queue(
         "peak_rss",
     }
     # greenroom's tasks were traced and exported, producer and consumer, over gRPC only (the
-    # receiver speaks the protocol asked for): every drained task, sync and async, both rounds
-    assert report["spans_received"] > 400
-    assert report["consumer_spans_received"] >= 2 * 2 * (100 + 200 + 2)
+    # receiver speaks the protocol asked for): every drained task, sync and async
+    assert report["spans_received"] > 200
+    assert report["consumer_spans_received"] >= 2 * (100 + 200 + 2)
 
     _assert_no_bench_queue(rabbitmq_url)
 
