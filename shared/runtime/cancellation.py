@@ -58,8 +58,11 @@ MAX_RECONNECT_SECONDS = RECONNECT_BACKOFF.max_delay
 #: Socket timeouts of the boot load (short: a worker must not hang at start) and of the thread's reads.
 BOOT_TIMEOUT_SECONDS = 2.0
 SOCKET_TIMEOUT_SECONDS = 5.0
-#: The longest a worker waits for the thread to stop at shutdown.
-STOP_TIMEOUT_SECONDS = 2.0
+#: The longest the thread waits for an announcement before it looks whether to stop or
+#: reload (a worker's shutdown waits for it that long at most), and the longest a shutdown
+#: waits for the thread (a daemon: with Redis hanging, the process exits without it).
+POLL_SECONDS = 0.2
+STOP_TIMEOUT_SECONDS = 0.5
 
 
 #: The logger of Dramatiq's worker threads, which logs an interrupted task's traceback at ERROR.
@@ -265,7 +268,7 @@ class Cancellation(Middleware):
             self._connected = True
             next_reload = time.monotonic() + RELOAD_SECONDS
             while not self._stop.is_set():
-                announcement = pubsub.get_message(timeout=min(1.0, RELOAD_SECONDS))
+                announcement = pubsub.get_message(timeout=POLL_SECONDS)
                 if announcement is not None and announcement.get("type") == "message":
                     self._announced(announcement["data"])
                 if time.monotonic() >= next_reload:
