@@ -46,7 +46,8 @@ class UnknownTask(GreenroomError, LookupError):
     """No task contract has this name; nothing was published."""
 
     def __init__(self, name: object, known: list[str]) -> None:
-        super().__init__(f"unknown task {excerpt(repr(name), 80)} (known tasks: {', '.join(sorted(known))})")
+        known_tasks = excerpt(", ".join(sorted(known)))  # a long table is cut: the line stays short
+        super().__init__(f"unknown task {excerpt(repr(name), 80)} (known tasks: {known_tasks})")
         self.name = name
 
 

@@ -381,7 +381,7 @@ class Producer:
     def close(self) -> None:
         """Close RabbitMQ connections and the Redis connection pool."""
         self.broker.close()
-        self.backend.client.close()
+        self.backend.close()
 
     def _publish(self, message: dramatiq.Message[Any]) -> None:
         """Publish, riding out a broker outage for up to SEND_RETRY_TIMEOUT_SECONDS.

@@ -340,7 +340,7 @@ def test_a_group_member_counts_once_however_often_it_arrives_and_a_stranger_not_
     assert sent_completion.kwargs == {"run": run, "values": [0, 10, 20]}
     # And the group's done set expires with the group
     assert 0 < backend.client.pttl(f"greenroom-group:{handle.workflow_id}:done") <= 3_600_000
-    backend.client.close()
+    backend.close()
     completion.rate_limiter_backend.client.close()
 
 
@@ -369,7 +369,7 @@ def test_a_group_count_lost_to_a_crash_is_recovered_from_the_done_set(
 
     # Then the completion step was sent once
     assert [m.kwargs["values"] for m in broker.enqueued] == [[1, 2]]
-    backend.client.close()
+    backend.close()
     completion.rate_limiter_backend.client.close()
 
 

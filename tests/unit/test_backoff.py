@@ -162,4 +162,4 @@ def test_a_result_store_retries_while_redis_is_unreachable_then_raises(
     assert failure.startswith(
         f"Result {backend.build_message_key(message)} not stored: Redis unavailable for 0s"
     )
-    backend.client.close()
+    backend.close()
