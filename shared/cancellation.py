@@ -142,8 +142,13 @@ def register_sent(
     messages share both: one command, a few us a message instead of some 20 in a pipeline).
     Raises redis-py's errors (the caller decides what a missing record costs)."""
     batches: dict[tuple[str, int], list[str]] = {}
+    records: dict[tuple[str, str], str] = {}  # one record per task and queue, not one per message
     for message, ttl in zip(messages, ttl_ms, strict=True):
-        batches.setdefault((_record(message), max(1, ttl)), []).append(f"{SENT_PREFIX}{message.message_id}")
+        task = (message.actor_name, message.queue_name)
+        record = records.get(task)
+        if record is None:
+            record = records[task] = _record(message)
+        batches.setdefault((record, max(1, ttl)), []).append(SENT_PREFIX + message.message_id)
     if len(batches) == 1 and len(messages) == 1:
         ((record, ttl), (key,)), *_ = batches.items()
         client.set(key, record, px=ttl)

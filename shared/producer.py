@@ -284,11 +284,12 @@ class Producer:
         if not messages:
             return
         now_ms = int(time.time() * 1000)
+        result_ttls: dict[str, int] = {}
         try:
             cancellation.register_sent(
                 self.backend.client,
                 messages,
-                [remaining_ms(m.options, now_ms) + self._result_ttl_ms(m.actor_name) for m in messages],
+                [self._registry_ttl_ms(m, now_ms, result_ttls) for m in messages],
             )
         except redis.RedisError as error:  # its messages name the host, never a password
             more = f" and {len(messages) - 1} more" if len(messages) > 1 else ""
@@ -320,6 +321,16 @@ class Producer:
             if refused is not None:
                 raise CancelRefused(f"could not cancel: {refused}") from None
             raise CancelUnavailable(f"could not cancel: Redis unavailable: {outage_line(error)}") from None
+
+    def _registry_ttl_ms(
+        self, message: dramatiq.Message[Any], now_ms: int, result_ttls: dict[str, int]
+    ) -> int:
+        """How long ``message``'s record lasts: its remaining delay plus its task's result TTL
+        (looked up once per task in ``result_ttls``)."""
+        ttl = result_ttls.get(message.actor_name)
+        if ttl is None:
+            ttl = result_ttls[message.actor_name] = self._result_ttl_ms(message.actor_name)
+        return remaining_ms(message.options, now_ms) + ttl
 
     def _result_ttl_ms(self, task: str) -> int:
         """The result TTL of ``task`` in ms (as :mod:`shared.task_policies` resolves it)."""
