@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, multiprocess
 from prometheus_client.exposition import choose_encoder
@@ -112,6 +112,14 @@ class BuildInfoCollector(Collector):
         yield family
 
 
+class HealthChecks(Protocol):
+    """What ``/healthz`` (liveness) and ``/readyz`` (readiness) answer: ok, and why not."""
+
+    def liveness(self) -> tuple[bool, str]: ...
+
+    def readiness(self) -> tuple[bool, str]: ...
+
+
 @dataclass
 class Health:
     """Liveness and readiness of one ``greenroom worker``."""
@@ -196,7 +204,7 @@ def make_server(
     host: str,
     port: int,
     registry: CollectorRegistry,
-    health: Health,
+    health: HealthChecks,
     *,
     timeout: float = CONNECTION_TIMEOUT_SECONDS,
     max_connections: int = MAX_CONNECTIONS,

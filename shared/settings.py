@@ -111,6 +111,11 @@ class Settings(BaseSettings):
     TASK_MIN_BACKOFF_SECONDS: float = Field(default=1.0, ge=0.001, le=MAX_TASK_SECONDS)
     TASK_MAX_BACKOFF_SECONDS: float = Field(default=300.0, ge=0.001, le=MAX_TASK_SECONDS)
 
+    # Beat (greenroom beat: periodic tasks) -----------------------------------------
+    BEAT_HEARTBEAT_SECONDS: int = Field(default=60, ge=0, le=86400)  # 0: no heartbeat schedule
+    BEAT_CATCHUP_SECONDS: int = Field(default=300, ge=0, le=MAX_TASK_SECONDS)
+    BEAT_LEASE_SECONDS: float = Field(default=5.0, ge=1, le=300)
+
     # Logs -----------------------------------------------------------------------
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     LOG_FORMAT: Literal["json", "console"] = "json"
