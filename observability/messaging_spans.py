@@ -15,6 +15,7 @@ queue shares are built once per queue and copied for each span.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from dramatiq.common import q_name
@@ -45,11 +46,16 @@ WORKFLOW_KIND_ATTRIBUTE = "greenroom.workflow.kind"
 WORKFLOW_STEP_ATTRIBUTE = "greenroom.workflow.step"
 PRIORITY_ATTRIBUTE = "dramatiq.message.broker_priority"
 DELAY_ATTRIBUTE = "dramatiq.message.delay_ms"
+#: A beat tick's schedule and its scheduled time (ISO 8601, UTC).
+SCHEDULE_NAME_ATTRIBUTE = "greenroom.schedule.name"
+SCHEDULED_AT_ATTRIBUTE = "greenroom.schedule.scheduled_at"
 
 #: The message options a PRODUCER span records: Dramatiq's priority, and when a delayed
 #: message is due (``shared.delays.DUE_AT_OPTION``, epoch ms).
 PRIORITY_OPTION = "broker_priority"
 DUE_AT_OPTION = "greenroom_due_at"
+#: The message option of a beat tick: ``{"name": schedule, "at": scheduled epoch ms}``.
+SCHEDULE_OPTION = "greenroom_schedule"
 
 
 #: messaging.operation.type for each operation greenroom traces.
@@ -111,7 +117,27 @@ def send_option_attributes(options: Mapping[str, Any], now_ms: int) -> dict[str,
         attributes[PRIORITY_ATTRIBUTE] = priority
     if isinstance(due_at, int) and due_at > now_ms:
         attributes[DELAY_ATTRIBUTE] = due_at - now_ms
+    attributes.update(schedule_attributes(options))
     return attributes
+
+
+def schedule_attributes(options: Mapping[str, Any]) -> dict[str, Any]:
+    """A beat tick's schedule name and scheduled time (nothing for another message).
+
+    >>> schedule_attributes({"greenroom_schedule": {"name": "heartbeat", "at": 1_796_168_700_000}})
+    {'greenroom.schedule.name': 'heartbeat', 'greenroom.schedule.scheduled_at': '2026-12-01T23:45:00Z'}
+    """
+    schedule = options.get(SCHEDULE_OPTION)
+    if not isinstance(schedule, dict):
+        return {}
+    name, at_ms = schedule.get("name"), schedule.get("at")
+    if not isinstance(name, str) or isinstance(at_ms, bool) or not isinstance(at_ms, int):
+        return {}
+    try:  # read before the message's options are checked: any integer may come
+        at = datetime.fromtimestamp(at_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, ValueError, OSError):
+        return {}
+    return {SCHEDULE_NAME_ATTRIBUTE: name[:100], SCHEDULED_AT_ATTRIBUTE: at}
 
 
 def record_error(span: Span, error: BaseException) -> None:

@@ -44,6 +44,7 @@ from observability.messaging_spans import (
     WORKFLOW_STEP_ATTRIBUTE,
     SpanShapes,
     record_error,
+    schedule_attributes,
     send_option_attributes,
 )
 from observability.opentelemetry_compat import MESSAGING_MESSAGE_ID
@@ -196,6 +197,7 @@ class Tracing(Middleware):
             attributes[WORKFLOW_ID_ATTRIBUTE] = workflow["id"]
             attributes[WORKFLOW_KIND_ATTRIBUTE] = workflow["kind"]
             attributes[WORKFLOW_STEP_ATTRIBUTE] = workflow["step"]
+        attributes.update(schedule_attributes(message.options))
         start_consumer_span = self._consumer_span_starter()
         if start_consumer_span is not None:
             span = start_consumer_span(name, parent=parent, attributes=attributes, links=producer.links)

@@ -9,6 +9,7 @@ Every message is one line, with any quoted input cut to a short excerpt.
     ├── InvalidTaskArguments   (ValueError)   arguments break the contract; nothing published
     ├── InvalidParameter       (ValueError)   another parameter is unusable (a timeout, an id)
     ├── InvalidSettings        (ValueError)   the environment holds a bad setting
+    ├── InvalidSchedule        (ValueError)   a schedule cannot run (its cron, task, arguments)
     ├── TaskFailed                            the task finally failed (or a workflow step did)
     ├── TaskCancelled                         the task was cancelled (or a workflow step was)
     ├── ResultTimeout          (TimeoutError) no result in time
@@ -76,6 +77,19 @@ class InvalidParameter(GreenroomError, ValueError):
 
 class InvalidSettings(GreenroomError, ValueError):
     """The environment holds a setting greenroom cannot run with (the line names it)."""
+
+
+class InvalidSchedule(GreenroomError, ValueError):
+    """A schedule cannot run: its name, cron expression, interval, time zone, task or
+    arguments (the line names the schedule). ``greenroom beat`` exits 2 on it."""
+
+    def __init__(self, schedule: object, problem: str) -> None:
+        super().__init__(f"schedule {excerpt(repr(schedule), 80)}: {excerpt(problem)}")
+        self.schedule = schedule
+        self.problem = problem
+
+    def __reduce__(self) -> tuple[type[InvalidSchedule], tuple[object, str]]:
+        return type(self), (self.schedule, self.problem)
 
 
 class TaskFailed(GreenroomError):

@@ -26,7 +26,7 @@ import importlib
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -34,6 +34,14 @@ from shared.errors import InvalidTaskArguments, UnknownTask
 
 #: The package of built-in contracts, imported when the task table is first read.
 CONTRACTS_PACKAGE = "shared.contracts"
+
+
+class Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+DeclaredT = TypeVar("DeclaredT", bound=Named)
 
 
 class TaskArguments(BaseModel):
@@ -175,30 +183,33 @@ def _summarise(error: ValidationError) -> str:
     )
 
 
-class TaskTable(Mapping[str, TaskContract]):
-    """Every declared contract by name: the built-in ones and any other module's.
+class DeclarationTable(Mapping[str, DeclaredT]):
+    """Every declaration of one kind by name (contracts, schedules): the built-in ones and any
+    other module's.
 
     Reading it (a lookup, iterating, ``len``) first imports ``package``, whose
-    modules declare the built-in contracts. Thread-safe.
+    modules declare the built-in ones. Thread-safe.
     """
 
     def __init__(self, package: str) -> None:
         self._package = package
-        self._contracts: dict[str, TaskContract] = {}
+        self._declarations: dict[str, DeclaredT] = {}
         self._loaded = False
         self._lock = threading.RLock()
 
-    def register(self, contract: TaskContract) -> None:
-        """Add ``contract``; DuplicateTask if its name is taken."""
+    def register(self, declaration: DeclaredT) -> None:
+        """Add ``declaration``; the error of :meth:`duplicate` if its name is taken."""
         with self._lock:
-            if contract.name in self._contracts:
-                raise DuplicateTask(
-                    f"task {contract.name!r} is declared twice "
-                    f"(queue {self._contracts[contract.name].queue!r} and queue {contract.queue!r})"
-                )
-            self._contracts[contract.name] = contract
+            name = declaration.name
+            if name in self._declarations:
+                raise self.duplicate(self._declarations[name], declaration)
+            self._declarations[name] = declaration
 
-    def __getitem__(self, name: str) -> TaskContract:
+    def duplicate(self, existing: DeclaredT, new: DeclaredT) -> Exception:
+        """The error for declaring ``new`` with the name ``existing`` has."""
+        return ValueError(f"{new.name!r} is declared twice")
+
+    def __getitem__(self, name: str) -> DeclaredT:
         return self._declared()[name]
 
     def __iter__(self) -> Iterator[str]:
@@ -207,13 +218,22 @@ class TaskTable(Mapping[str, TaskContract]):
     def __len__(self) -> int:
         return len(self._declared())
 
-    def _declared(self) -> dict[str, TaskContract]:
+    def _declared(self) -> dict[str, DeclaredT]:
         if not self._loaded:
             with self._lock:
                 if not self._loaded:
-                    importlib.import_module(self._package)  # its modules register their contracts
+                    importlib.import_module(self._package)  # its modules register their declarations
                     self._loaded = True
-        return self._contracts
+        return self._declarations
+
+
+class TaskTable(DeclarationTable[TaskContract]):
+    """Every declared contract by name (see :class:`DeclarationTable`)."""
+
+    def duplicate(self, existing: TaskContract, new: TaskContract) -> Exception:
+        return DuplicateTask(
+            f"task {new.name!r} is declared twice (queue {existing.queue!r} and queue {new.queue!r})"
+        )
 
 
 #: The task table of this process.

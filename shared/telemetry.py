@@ -31,7 +31,7 @@ from observability.tracing import Tracing
 from shared import __version__
 from shared.settings import Settings
 
-Role = Literal["worker", "producer"]
+Role = Literal["worker", "producer", "beat"]
 
 _producer_setup_lock = threading.Lock()
 
@@ -57,7 +57,7 @@ def provider_factory(settings: Settings, role: Role) -> Callable[[], TracerProvi
             max_export_batch_size=settings.OTEL_BSP_MAX_EXPORT_BATCH_SIZE,
             export_timeout_millis=settings.OTEL_BSP_EXPORT_TIMEOUT,
         ),
-        drop_while_unreachable=role == "producer",
+        drop_while_unreachable=role != "worker",
     )
 
 
@@ -82,8 +82,9 @@ def tracing_middleware(
     return [tracing, lifecycle]
 
 
-def ensure_producer_tracing(settings: Settings) -> None:
-    """Install a TracerProvider in a producer process unless one is already there.
+def ensure_producer_tracing(settings: Settings, *, role: Role = "producer") -> None:
+    """Install a TracerProvider in a producer process (``role``: or the beat) unless one is
+    already there.
 
     Its spans are flushed when the process exits, waiting at most
     TRACING_FLUSH_TIMEOUT_SECONDS for a collector that answers slowly; with none
@@ -94,7 +95,7 @@ def ensure_producer_tracing(settings: Settings) -> None:
         return
     with _producer_setup_lock:
         if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
-            provider = provider_factory(settings, "producer")()
+            provider = provider_factory(settings, role)()
             atexit.register(
                 shutdown_tracer_provider, provider, timeout_seconds=settings.TRACING_FLUSH_TIMEOUT_SECONDS
             )

@@ -17,13 +17,26 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Literal, NoReturn
 
-from shared.cli import bench, cancel, check, config, demo, dlq, healthcheck, send, tasks, worker
+from shared.cli import (
+    beat,
+    bench,
+    cancel,
+    check,
+    config,
+    demo,
+    dlq,
+    healthcheck,
+    schedules,
+    send,
+    tasks,
+    worker,
+)
 from shared.cli.output import EXIT_USAGE
 from shared.logging import configure_logging, mask_configured_secrets
 from shared.settings import Settings, SettingsError, load_settings
 
 #: The commands, in the order ``greenroom --help`` lists them; each module registers its own.
-COMMANDS = (worker, send, cancel, tasks, config, check, dlq, bench, healthcheck, demo)
+COMMANDS = (worker, beat, send, cancel, tasks, schedules, config, check, dlq, bench, healthcheck, demo)
 
 #: Loggers whose lines a short-lived command keeps off stderr below ERROR (pika's: at
 #: CRITICAL): the command prints the one line that matters itself.

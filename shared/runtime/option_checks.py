@@ -148,6 +148,16 @@ def _workflow(name: str, value: Any, _queue_of_actor: QueueOfActor, _now_ms: int
     check_whole_number(f"{name}.step", value["step"], 0, MAX_WORKFLOW_STEPS, where="options.")
 
 
+def _schedule(name: str, value: Any, _queue_of_actor: QueueOfActor, now_ms: int) -> None:
+    """A beat tick's origin: ``{"name": schedule, "at": scheduled epoch ms}``."""
+    field = f"options.{name}"
+    if not isinstance(value, dict) or set(value) != {"name", "at"}:
+        raise MessageRejected(field, 'must be an object with "name" and "at"')
+    if not isinstance(value["name"], str) or not 1 <= len(value["name"]) <= MAX_KEY_CHARS:
+        raise MessageRejected(f"{field}.name", f"must be a string of 1 to {MAX_KEY_CHARS} chars")
+    _recent(f"{name}.at", value["at"], _queue_of_actor, now_ms)
+
+
 def _trace_context(name: str, value: Any, _queue_of_actor: QueueOfActor, _now_ms: int) -> None:
     field = f"options.{name}"
     if not isinstance(value, dict):
@@ -195,6 +205,7 @@ OPTION_CHECKS: dict[str, OptionCheck] = {
     "group_completion_uuid": _key,
     "group_completion_callbacks": _completion_callbacks,
     TRACE_CONTEXT_OPTION: _trace_context,
+    "greenroom_schedule": _schedule,  # a beat tick (shared.schedules)
     # A task's policy: a message may not raise its retries, limits or TTL, or add callbacks
     # that publish to other queues (producers never set these).
     "max_retries": _policy,

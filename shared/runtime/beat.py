@@ -1,0 +1,341 @@
+"""The beat loop: while this process leads, send every tick of every schedule once.
+
+Any number of ``greenroom beat`` processes run this loop; the one holding the
+lease (:mod:`shared.runtime.beat_lease`, renewed from a thread of its own) sends,
+the others wait to take over. For each schedule the leader sends, in order,
+the ticks after its cursor that are due (:mod:`shared.runtime.beat_ledger`
+claims each one before it is published, so a tick goes out once even while two
+processes believe they lead):
+
+- a tick older than BEAT_CATCHUP_SECONDS is not sent: it is counted as missed
+  (one WARNING line per schedule and catch-up) and the cursor moves past it;
+- a tick whose publish fails (RabbitMQ down for SEND_RETRY_TIMEOUT_SECONDS) is
+  counted as failed and tried again on the next turn, and the schedule's later
+  ticks wait behind it, until it is sent or falls out of the catch-up window;
+- a sent tick is one INFO line (``tick sent``) with the schedule, its scheduled
+  time and the message id, which is derived from the tick
+  (:func:`shared.schedules.tick_message_id`).
+
+The leader also reads the results of the ``heartbeat`` ticks it sent: the latest
+one a worker completed is ``greenroom_beat_heartbeat_completed_timestamp_seconds``.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import dramatiq
+import redis
+from dramatiq.results import ResultMissing
+
+from observability.beat_metrics import BeatHealth, BeatMetrics
+from observability.messaging_spans import SCHEDULE_OPTION
+from observability.periodic import Periodic
+from shared.errors import InvalidSchedule, PublishError
+from shared.producer import Producer
+from shared.runtime.beat_lease import Lease
+from shared.runtime.beat_ledger import NotLeader, TickLedger
+from shared.schedules import (
+    HEARTBEAT,
+    Schedule,
+    interval_seconds,
+    iso_utc,
+    tick_message,
+    ticks_after,
+    ticks_in,
+)
+from shared.service_refusals import outage_line
+from shared.settings import Settings
+
+logger = logging.getLogger("greenroom.beat")
+
+#: Longest sleep of the loop: it looks at its lease and the clock at least this often.
+MAX_WAIT_SECONDS = 1.0
+#: Heartbeat ticks whose result the leader still looks for, at most.
+PENDING_HEARTBEATS = 32
+#: The most missed ticks counted one by one for a cron schedule (more are reported as "more than").
+MAX_COUNTED_TICKS = 100_000
+#: How long a tick another process claimed and left stays its own before this one takes it over:
+#: time for that process, if it still runs, to record a send it made (seconds).
+TAKEOVER_GRACE_SECONDS = 2 * MAX_WAIT_SECONDS + 1.0
+
+
+class Beat:
+    """The loop of one beat process. ``clock`` gives the wall time in seconds (ticks are
+    wall-clock times, the same on every host whose clock is synchronised)."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        schedules: Sequence[Schedule],
+        producer: Producer,
+        lease: Lease,
+        ledger: TickLedger,
+        metrics: BeatMetrics,
+        health: BeatHealth,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.schedules = list(schedules)
+        self.producer = producer
+        self.lease = lease
+        self.ledger = ledger
+        self.metrics = metrics
+        self.health = health
+        self.clock = clock
+        self.monotonic = monotonic
+        self.catchup_ms = settings.BEAT_CATCHUP_SECONDS * 1000
+        self._cursors: dict[str, int] | None = None  # while leading: each schedule's cursor
+        self._unsettled: dict[
+            tuple[str, int], int
+        ] = {}  # sent, not yet recorded: (schedule, tick) -> sent at
+        self._heartbeats: collections.deque[dramatiq.Message[Any]] = collections.deque(
+            maxlen=PENDING_HEARTBEATS
+        )
+        self._heartbeat_seen = False
+        self._left_claims: dict[tuple[str, int, str], float] = {}  # (schedule, tick, holder) -> first seen
+        self._wake = threading.Event()
+        self._keeper = Periodic(
+            self._refresh_lease,
+            interval=min(0.5, settings.BEAT_LEASE_SECONDS / 4),
+            name="greenroom-beat-lease",
+        )
+        self._redis_failing = False
+
+    def run(self, stop: threading.Event) -> None:
+        """Lead or wait until ``stop`` is set; then hand the lease over at once."""
+        self._refresh_lease()
+        self._keeper.start()
+        try:
+            while not stop.is_set():
+                self.health.turned()
+                wait = self._turn(stop)
+                self._wake.wait(wait)
+                self._wake.clear()
+        finally:
+            self._keeper.stop()
+            self._step_down("shutting down")
+            self._release()
+
+    def wake(self) -> None:
+        """End the loop's current wait (a stop was asked for)."""
+        self._wake.set()
+
+    # The lease (its own thread) ----------------------------------------------------
+
+    def _refresh_lease(self) -> None:
+        leading_before = self.lease.held()
+        try:
+            leads = self.lease.refresh()
+        except redis.RedisError as error:
+            leads = self.lease.held()
+            self.health.reached_redis(f"Redis: {outage_line(error)}")
+            if not self._redis_failing:
+                logger.warning(
+                    "Beat cannot reach Redis (%s); it leads no longer than its lease.", outage_line(error)
+                )
+            self._redis_failing = True
+        else:
+            self.health.reached_redis(None)
+            if self._redis_failing:
+                logger.info("Beat reaches Redis again.")
+            self._redis_failing = False
+        self.metrics.leader.set(1 if leads else 0)
+        if leads != leading_before:
+            self._wake.set()
+
+    def _release(self) -> None:
+        try:
+            self.lease.release()
+        except redis.RedisError as error:
+            logger.warning("Could not release the lease (%s); it expires by itself.", outage_line(error))
+        self.metrics.leader.set(0)
+
+    # The loop ---------------------------------------------------------------------
+
+    def _turn(self, stop: threading.Event) -> float:
+        """One pass over the schedules; how long to wait before the next one."""
+        try:
+            self._settle_unsettled()  # leading or not: RabbitMQ has these ticks
+            if not self.lease.held():
+                self._step_down("lost its lease")
+                return MAX_WAIT_SECONDS
+            cursors = self._cursors if self._cursors is not None else self._take_up()
+            for schedule in self.schedules:
+                if stop.is_set() or not self.lease.held():
+                    break
+                cursors[schedule.name] = self._send_due(schedule, cursors[schedule.name])
+        except NotLeader:
+            self._step_down("another process leads")
+            return MAX_WAIT_SECONDS
+        except redis.RedisError as error:
+            logger.warning("Beat could not use Redis (%s); trying again.", outage_line(error))
+            return MAX_WAIT_SECONDS
+        return self._until_next_tick()
+
+    def _take_up(self) -> dict[str, int]:
+        """Begin to lead: read (or start) every schedule's cursor."""
+        now_ms = self._now_ms()
+        cursors = {}
+        for schedule in self.schedules:
+            state = self.ledger.start(schedule.name, now_ms)
+            cursors[schedule.name] = state.cursor_ms
+            self.metrics.last_sent.labels(schedule=schedule.name).set(state.sent_at_ms / 1000)
+            self.metrics.interval.labels(schedule=schedule.name).set(interval_seconds(schedule, now_ms))
+        if not self._heartbeat_seen:
+            self.metrics.heartbeat_completed.set(now_ms / 1000)
+        self._cursors = cursors
+        logger.info("Beat leads: %d schedules", len(self.schedules), extra={"holder": self.lease.holder})
+        return cursors
+
+    def _step_down(self, why: str) -> None:
+        if self._cursors is None:
+            return
+        self._cursors = None
+        logger.info("Beat no longer leads (%s)", why, extra={"holder": self.lease.holder})
+
+    def _send_due(self, schedule: Schedule, cursor: int) -> int:
+        """Send the schedule's due ticks after ``cursor`` in order; the new cursor."""
+        now_ms = self._now_ms()
+        cursor = self._skip_missed(schedule, cursor, now_ms - self.catchup_ms)
+        for tick in ticks_after(schedule, cursor):
+            if tick > now_ms or not self.lease.held():
+                break
+            if not self._send_tick(schedule, tick):
+                break  # retried on the next turn; later ticks wait behind it
+            cursor = tick
+        return cursor
+
+    def _skip_missed(self, schedule: Schedule, cursor: int, oldest_ms: int) -> int:
+        """Count the ticks after ``cursor`` scheduled before ``oldest_ms`` as missed; the new cursor."""
+        missed, last = ticks_in(schedule, cursor, oldest_ms - 1, most=MAX_COUNTED_TICKS)
+        if missed == 0:
+            return cursor
+        before = self.ledger.skip_to(schedule.name, last)
+        if before is not None:  # this process moved the cursor: it counts them
+            counted, _ = ticks_in(schedule, before, last, most=MAX_COUNTED_TICKS)
+            first = iso_utc(next(ticks_after(schedule, before)))
+            self.metrics.ticks.labels(schedule=schedule.name, outcome="missed").inc(counted)
+            logger.warning(
+                "%s%d ticks of schedule %s missed (%s to %s): older than BEAT_CATCHUP_SECONDS=%d",
+                "more than " if counted >= MAX_COUNTED_TICKS else "", counted, schedule.name, first,
+                iso_utc(last), self.settings.BEAT_CATCHUP_SECONDS,
+                extra={"schedule": schedule.name, "missed": counted, "first_missed": first,
+                       "last_missed": iso_utc(last)},
+            )  # fmt: skip
+        return last
+
+    def _send_tick(self, schedule: Schedule, tick: int) -> bool:
+        """Claim, publish and record one tick; False if it must be tried again later."""
+        if (schedule.name, tick) in self._unsettled:
+            return False  # sent; recorded once Redis answers (never published twice from here)
+        status, holder = self.ledger.claim(schedule.name, tick)
+        if status == "settled":
+            return True
+        if status == "held" and holder is not None:
+            if not self._may_take_over(schedule.name, tick, holder):
+                return False
+            logger.info(
+                "Tick %s of schedule %s was claimed by %s, which no longer leads: sending it",
+                iso_utc(tick), schedule.name, holder, extra={"schedule": schedule.name},
+            )  # fmt: skip
+        try:
+            message = tick_message(schedule, tick, self.settings)
+        except InvalidSchedule as error:  # its contract changed under it: nothing will ever send it
+            self.metrics.ticks.labels(schedule=schedule.name, outcome="failed").inc()
+            logger.error("Tick %s not sent: %s", iso_utc(tick), error, extra={"schedule": schedule.name})
+            return False
+        if not self.lease.held():
+            return False  # paused or cut off since the claim: the next leader sends it
+        try:
+            self.producer.register_sent([message])
+            self.producer.publish_confirmed([message], f"tick {message.message_id}")
+        except PublishError as error:
+            self.metrics.ticks.labels(schedule=schedule.name, outcome="failed").inc()
+            logger.warning(
+                "Tick %s of schedule %s not published, trying again: %s",
+                iso_utc(tick), schedule.name, error, extra={"schedule": schedule.name},
+            )  # fmt: skip
+            return False
+        self._sent(schedule, tick, message)
+        return True
+
+    def _may_take_over(self, schedule: str, tick: int, holder: str) -> bool:
+        """Take over a tick ``holder`` claimed, once it has left it for TAKEOVER_GRACE_SECONDS."""
+        key = (schedule, tick, holder)
+        first_seen = self._left_claims.setdefault(key, self.monotonic())
+        if self.monotonic() - first_seen < TAKEOVER_GRACE_SECONDS:
+            return False
+        del self._left_claims[key]
+        return self.ledger.take_over(schedule, tick, holder)
+
+    def _sent(self, schedule: Schedule, tick: int, message: dramatiq.Message[Any]) -> None:
+        sent_at = self._now_ms()
+        self._unsettled[(schedule.name, tick)] = sent_at
+        self.metrics.ticks.labels(schedule=schedule.name, outcome="sent").inc()
+        self.metrics.lag.labels(schedule=schedule.name).observe(max(0, sent_at - tick) / 1000)
+        self.metrics.last_sent.labels(schedule=schedule.name).set(sent_at / 1000)
+        self.metrics.interval.labels(schedule=schedule.name).set(interval_seconds(schedule, sent_at))
+        if schedule.name == HEARTBEAT:
+            self._check_heartbeats()
+            self._heartbeats.append(message)
+        logger.info(
+            "tick sent",
+            extra={
+                "schedule": schedule.name,
+                "task": schedule.task,
+                "scheduled_at": iso_utc(tick),
+                "message_id": message.message_id,
+                "lag_seconds": round((sent_at - tick) / 1000, 3),
+            },
+        )
+        self._settle_unsettled()
+
+    def _settle_unsettled(self) -> None:
+        """Record the sent ticks in Redis (those sent while it could not be reached too)."""
+        for (name, tick), sent_at in list(self._unsettled.items()):
+            outcome = self.ledger.settle_sent(name, tick, sent_at)
+            del self._unsettled[(name, tick)]
+            if outcome != "sent":
+                logger.warning(
+                    "Tick %s of schedule %s was sent by another beat process too (%s): "
+                    "a leader stopped while it sent it",
+                    iso_utc(tick), name, outcome, extra={"schedule": name},
+                )  # fmt: skip
+
+    def _check_heartbeats(self) -> None:
+        """Mark the latest heartbeat tick whose result a worker stored; forget it and older ones."""
+        for index in range(len(self._heartbeats) - 1, -1, -1):
+            message = self._heartbeats[index]
+            try:
+                self.producer.backend.get_result(message)
+            except ResultMissing:
+                continue
+            except redis.RedisError:
+                return
+            except Exception:  # noqa: S110 - a stored failure or an unreadable value: it arrived
+                pass
+            self._heartbeat_seen = True
+            self.metrics.heartbeat_completed.set(message.options[SCHEDULE_OPTION]["at"] / 1000)
+            for _ in range(index + 1):
+                self._heartbeats.popleft()
+            return
+
+    def _until_next_tick(self) -> float:
+        if self._cursors is None:
+            return MAX_WAIT_SECONDS
+        now_ms = self._now_ms()
+        soonest = min(
+            (next(ticks_after(s, self._cursors[s.name])) for s in self.schedules), default=now_ms + 60_000
+        )
+        return max(0.0, min(MAX_WAIT_SECONDS, (soonest - now_ms) / 1000))
+
+    def _now_ms(self) -> int:
+        return int(self.clock() * 1000)

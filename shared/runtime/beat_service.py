@@ -1,0 +1,110 @@
+"""One ``greenroom beat`` process: its Redis client, producer, metrics server and signals.
+
+:func:`run_beat` serves /metrics, /healthz and /readyz on METRICS_HOST:METRICS_PORT,
+runs :class:`shared.runtime.beat.Beat` until SIGTERM (or SIGINT), then hands its
+lease over, closes its connections and flushes its spans; exit code 0. For example::
+
+    run_beat(load_settings(), load_schedules(settings))
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import socket
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+import redis
+
+from observability.beat_metrics import BeatHealth, BeatMetrics
+from observability.exposition import ExpositionServer, make_server
+from shared import __version__
+from shared.cli.output import EXIT_OK, usage_error
+from shared.producer import Producer
+from shared.runtime.beat import Beat
+from shared.runtime.beat_lease import Lease
+from shared.runtime.beat_ledger import TickLedger
+from shared.schedules import Schedule
+from shared.settings import Settings
+from shared.telemetry import ensure_producer_tracing
+
+logger = logging.getLogger("greenroom.beat")
+
+#: The longest a single Redis call of the beat may take (a third of a short lease at most).
+MAX_REDIS_TIMEOUT_SECONDS = 2.0
+
+
+def holder_id() -> str:
+    """This process's name in the lease: host, pid and a random part (a restarted pid differs)."""
+    return f"{socket.gethostname()[:64]}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def beat_settings(settings: Settings) -> Settings:
+    """The settings the beat publishes with: one publish attempt retries for half a lease at
+    most, so a process that lost its lease meanwhile stops retrying soon (the next turn
+    tries again, after checking the lease)."""
+    retry = min(settings.SEND_RETRY_TIMEOUT_SECONDS, settings.BEAT_LEASE_SECONDS / 2)
+    return settings.model_copy(
+        update={"SEND_RETRY_TIMEOUT_SECONDS": retry, "PROCESS_TYPE": settings.PROCESS_TYPE or "beat"}
+    )
+
+
+def run_beat(settings: Settings, schedules: Sequence[Schedule]) -> int:
+    """Run the beat until SIGTERM; its exit code."""
+    settings = beat_settings(settings)
+    metrics, health = BeatMetrics(version=__version__), BeatHealth()
+    try:
+        server = make_server(settings.METRICS_HOST, settings.metrics_port, metrics.registry, health)
+    except OSError as error:
+        where = f"METRICS_PORT {settings.metrics_port} on {settings.METRICS_HOST}"
+        return usage_error(f"{where}: cannot listen ({error.strerror or error})")
+    timeout = min(MAX_REDIS_TIMEOUT_SECONDS, settings.BEAT_LEASE_SECONDS / 3)
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    ensure_producer_tracing(settings, role="beat")
+    producer = Producer(settings)
+    holder = holder_id()
+    beat = Beat(
+        settings=settings,
+        schedules=schedules,
+        producer=producer,
+        lease=Lease(client, holder=holder, ttl_seconds=settings.BEAT_LEASE_SECONDS),
+        ledger=TickLedger(client, holder=holder, catchup_seconds=settings.BEAT_CATCHUP_SECONDS),
+        metrics=metrics,
+        health=health,
+    )
+    stop = threading.Event()
+    _stop_on_signals(stop, beat, health)
+    serving = threading.Thread(target=server.serve_forever, name="greenroom-exposition-accept", daemon=True)
+    serving.start()
+    logger.info(
+        "greenroom beat ready: %d schedules; lease %gs; metrics %s",
+        len(schedules), settings.BEAT_LEASE_SECONDS, f"http://{settings.METRICS_HOST}:{settings.metrics_port}/metrics",
+        extra={"schedules": [s.name for s in schedules], "holder": holder},
+    )  # fmt: skip
+    try:
+        beat.run(stop)
+    finally:
+        _close(server, producer, client)
+    logger.info("greenroom beat stopped", extra={"holder": holder})
+    return EXIT_OK
+
+
+def _stop_on_signals(stop: threading.Event, beat: Beat, health: BeatHealth) -> None:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+        health.stopping.set()
+        beat.wake()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def _close(server: ExpositionServer, producer: Producer, client: redis.Redis[bytes]) -> None:
+    server.shutdown()
+    server.server_close()
+    producer.close()
+    client.close()
