@@ -1,10 +1,14 @@
-"""The Procfile's process types run side by side under honcho, each consuming only its queue."""
+"""The Procfile's process types run side by side under honcho, each worker type consuming only its
+queue, two beats sending each heartbeat once."""
 
 from __future__ import annotations
 
 import json
 import signal
+from collections import Counter
 from pathlib import Path
+
+import redis
 
 from shared.producer import Producer
 from tests.support import REPO, Process, wait_for
@@ -28,15 +32,41 @@ def _task_queues_by_process(honcho: Process) -> dict[str, set[str]]:
     return seen
 
 
+def _heartbeat_ids(honcho: Process) -> Counter[str]:
+    """How often each heartbeat tick's message id was processed, from the task log lines."""
+    ids: Counter[str] = Counter()
+    for line in honcho.snapshot():
+        _prefix, sep, rest = line.partition(" | ")
+        if sep and rest.startswith("{"):
+            event = json.loads(rest)
+            if event.get("logger") == "greenroom.task" and event.get("message_id", "").startswith(
+                "beat:heartbeat:"
+            ):
+                ids[event["message_id"]] += 1
+    return ids
+
+
+def _forget_beat_state(redis_url: str) -> None:
+    """No lease or tick ledger of an earlier run (which would make the beats catch up)."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter("greenroom-beat:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
 def test_process_types_scale_and_consume_only_their_queue(
-    producer: Producer, service_env: dict[str, str], workdir: Path
+    producer: Producer, service_env: dict[str, str], workdir: Path, redis_url: str
 ) -> None:
-    # Given: every Procfile process type, the reports type scaled to 2
-    assert _process_types() == ["default", "reports"]
+    # Given: every Procfile process type, the reports type and the beat scaled to 2
+    assert _process_types() == ["default", "reports", "beat"]
+    _forget_beat_state(redis_url)
     (workdir / "empty.env").write_text("")
-    env = {**service_env, "WORKER_PROCESSES": "1"}
+    env = {**service_env, "WORKER_PROCESSES": "1", "BEAT_HEARTBEAT_SECONDS": "1"}
     procfile = ["-f", str(REPO / "Procfile"), "-d", str(workdir), "-e", "empty.env"]
-    honcho = Process(["honcho", *procfile, "start", "-c", "reports=2"], env, workdir)
+    honcho = Process(["honcho", *procfile, "start", "-c", "reports=2,beat=2"], env, workdir)
     try:
         wait_for(lambda: honcho.count("Worker process is ready for action.") == 3, 30, "3 worker processes")
 
@@ -62,10 +92,17 @@ def test_process_types_scale_and_consume_only_their_queue(
         assert set(by_process) <= {"default.1", "reports.1", "reports.2"}
         assert all(queues == {"reports"} for name, queues in by_process.items() if name.startswith("reports"))
 
+        # And: of the two beats, one leads: each heartbeat tick is sent, and run, once
+        wait_for(lambda: len(_heartbeat_ids(honcho)) >= 3, 30, "3 heartbeat tasks run")
+        heartbeats = _heartbeat_ids(honcho)
+        assert set(heartbeats.values()) == {1}, heartbeats
+
         # When: honcho is stopped, it stops every process type gracefully
         honcho.signal(signal.SIGTERM)
         assert honcho.wait(timeout=20) == 128 + signal.SIGTERM, honcho.output()  # honcho's own convention
-        assert honcho.count("stopped (rc=0)") == 3, honcho.output()
-        assert honcho.count('"exit_code": 0') == 3
+        assert honcho.count("stopped (rc=0)") == 5, honcho.output()
+        worker_stops = [line for line in honcho.snapshot() if "greenroom worker stopped" in line]
+        assert len(worker_stops) == 3 and all('"exit_code": 0' in line for line in worker_stops)
     finally:
         honcho.stop()
+        _forget_beat_state(redis_url)

@@ -59,7 +59,7 @@ def test_production_file_alone_is_valid_and_publishes_only_grafana_on_localhost(
 
 def test_every_service_of_the_stack_is_there(stack: dict[str, Any]) -> None:
     assert set(stack["services"]) == {
-        "rabbitmq", "redis", "worker-default", "worker-reports", "producer",
+        "rabbitmq", "redis", "worker-default", "worker-reports", "beat", "producer",
         "otel-collector", "tempo", "prometheus", "grafana",
     }  # fmt: skip
 
@@ -105,8 +105,28 @@ def test_worker_services_are_scalable_graceful_and_configured(
     assert "healthcheck" in stack["services"][dependency]
 
 
+def test_beat_runs_two_replicas_with_the_workers_environment(stack: dict[str, Any]) -> None:
+    beat = stack["services"]["beat"]
+    worker = stack["services"]["worker-default"]
+    assert beat["command"] == ["beat"]
+    assert beat["deploy"]["replicas"] == 2
+    assert "ports" not in beat and "container_name" not in beat  # replicas need both absent
+    assert beat["image"] == worker["image"]
+    assert beat["depends_on"] == worker["depends_on"]
+    environment = beat["environment"]
+    worker_only = {"PROCESS_TYPE", "WORKER_PROCESSES", "WORKER_THREADS"}
+    shared = {k: v for k, v in worker["environment"].items() if k not in worker_only}
+    assert shared.items() <= environment.items()
+    assert environment["PROCESS_TYPE"] == "beat"
+    own = set(environment) - set(shared) - {"PROCESS_TYPE"}
+    assert own == {"BEAT_HEARTBEAT_SECONDS", "BEAT_CATCHUP_SECONDS", "BEAT_LEASE_SECONDS"}
+    defaults = Settings.model_fields
+    assert {name: float(environment[name]) for name in own} == {name: defaults[name].default for name in own}
+    assert _seconds(beat["stop_grace_period"]) > 5  # the span flush
+
+
 def test_service_commands_are_real_greenroom_commands(stack: dict[str, Any]) -> None:
-    for name in [*WORKER_SERVICES, "producer"]:
+    for name in [*WORKER_SERVICES, "beat", "producer"]:
         command = stack["services"][name]["command"]
         completed = subprocess.run(
             [GREENROOM, command[0], "--help"], capture_output=True, text=True, timeout=30
@@ -132,7 +152,9 @@ def test_prometheus_scrapes_every_worker_service_by_dns(stack: dict[str, Any]) -
         for sd in job.get("dns_sd_configs", [])
         for name in sd["names"]
     }
-    assert discovered == set(WORKER_SERVICES)
+    assert discovered == {*WORKER_SERVICES, "beat"}
+    jobs = {job["job_name"] for job in config["scrape_configs"]}
+    assert {f"greenroom-{name}" for name in discovered} <= jobs
     command = stack["services"]["prometheus"]["command"]
     assert "--enable-feature=exemplar-storage" in command
 
@@ -311,6 +333,39 @@ def test_kubernetes_deployment_and_keda_scaler_per_process_type(queue: str) -> N
     assert scaler["spec"]["triggers"][0]["metadata"]["queueName"] == queue
     [auth] = [d for d in manifests if d["kind"] == "TriggerAuthentication"]
     assert scaler["spec"]["triggers"][0]["authenticationRef"]["name"] == auth["metadata"]["name"]
+
+
+def test_kubernetes_beat_runs_two_replicas_with_probes_and_a_disruption_budget() -> None:
+    manifests = _manifests()
+    [deployment] = [
+        d for d in manifests if d["kind"] == "Deployment" and d["metadata"]["name"] == "greenroom-beat"
+    ]
+    jsonschema.validate(deployment, DEPLOYMENT_SCHEMA)
+    assert deployment["spec"]["replicas"] == 2
+    scaled = {d["spec"]["scaleTargetRef"]["name"] for d in manifests if d["kind"] == "ScaledObject"}
+    assert "greenroom-beat" not in scaled  # more replicas are standbys, not throughput
+
+    pod = deployment["spec"]["template"]
+    [container] = pod["spec"]["containers"]
+    assert container["args"] == ["beat"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    metrics_port = pod["metadata"]["annotations"]["prometheus.io/port"]
+    assert [p["containerPort"] for p in container["ports"]] == [int(metrics_port)]
+    assert pod["spec"]["terminationGracePeriodSeconds"] > 5  # the span flush
+    [worker] = [
+        d for d in manifests if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("default")
+    ]
+    assert container["envFrom"] == worker["spec"]["template"]["spec"]["containers"][0]["envFrom"]
+    env = {variable["name"]: variable["value"] for variable in container["env"]}
+    assert env["PROCESS_TYPE"] == "beat"
+    assert all(name in Settings.model_fields for name in env)
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+
+    [budget] = [d for d in manifests if d["kind"] == "PodDisruptionBudget"]
+    assert budget["apiVersion"] == "policy/v1"
+    assert budget["spec"]["minAvailable"] == 1
+    assert budget["spec"]["selector"] == deployment["spec"]["selector"]
 
 
 def test_kubernetes_config_holds_only_known_non_secret_settings() -> None:
