@@ -1,5 +1,5 @@
-"""A real Prometheus scrapes a real worker (and RabbitMQ's plugin): every dashboard and rule
-expression is executed through Prometheus' HTTP API and returns data."""
+"""A real Prometheus scrapes a real worker, a real beat (and RabbitMQ's plugin): every dashboard
+and rule expression is executed through Prometheus' HTTP API and returns data."""
 
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import yaml
 
 from shared.errors import TaskFailed
 from shared.producer import Producer
 from tests.e2e.conftest import StartWorker
-from tests.support import REPO, Process, Worker, free_port, http_get, wait_for
+from tests.support import GREENROOM, REPO, Process, Worker, free_port, http_get, http_status, wait_for
 
 OBSERVABILITY = REPO / "observability"
 RABBITMQ_METRICS_PORT = 15692
@@ -29,7 +30,12 @@ EXPECTED_EMPTY = {
     "GreenroomBacklogGrowingWhileSaturated": "workers are not saturated here; promtool tests cover firing",
     "GreenroomWorkerDown": "the worker is up; promtool tests cover firing",
     "GreenroomDegraded": "every fast path builds here; promtool tests cover firing",
+    "GreenroomScheduleStalled": "the heartbeat ticks every second; promtool tests cover firing",
+    "GreenroomHeartbeatMissing": "the worker completes every heartbeat; promtool tests cover firing",
+    "GreenroomBeatNoLeader": "the beat leads; promtool tests cover firing",
 }
+#: What greenroom beat keeps in Redis (its lease and tick ledger).
+BEAT_REDIS_PREFIX = "greenroom-beat:"
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +81,9 @@ class Prometheus:
 
 
 @pytest.fixture
-def prometheus(tmp_path: Path, worker: Worker, rabbitmq_prometheus_plugin: None) -> Iterator[Prometheus]:
+def prometheus(
+    tmp_path: Path, worker: Worker, beat: Beat, rabbitmq_prometheus_plugin: None
+) -> Iterator[Prometheus]:
     binary = shutil.which("prometheus")
     assert binary, "prometheus is missing: apt-get install prometheus (CI installs it)"
     config = {
@@ -85,6 +93,10 @@ def prometheus(tmp_path: Path, worker: Worker, rabbitmq_prometheus_plugin: None)
             {
                 "job_name": "greenroom-worker-default",
                 "static_configs": [{"targets": [f"127.0.0.1:{worker.metrics_port}"]}],
+            },
+            {
+                "job_name": "greenroom-beat",
+                "static_configs": [{"targets": [f"127.0.0.1:{beat.metrics_port}"]}],
             },
             {"job_name": "rabbitmq", "static_configs": [{"targets": [f"127.0.0.1:{RABBITMQ_METRICS_PORT}"]}]},
         ],
@@ -113,6 +125,41 @@ def prometheus(tmp_path: Path, worker: Worker, rabbitmq_prometheus_plugin: None)
 @pytest.fixture
 def worker(start_worker: StartWorker) -> Worker:
     return start_worker(processes=2, threads=4)
+
+
+class Beat(Process):
+    """A real `greenroom beat` process with its own metrics port."""
+
+    def __init__(self, env: dict[str, str], cwd: Path) -> None:
+        self.metrics_port = free_port()
+        super().__init__([GREENROOM, "beat"], {**env, "METRICS_PORT": str(self.metrics_port)}, cwd)
+
+
+def _forget_beat_state(redis_url: str) -> None:
+    """Delete the lease and tick ledger a beat left in the test database (no catch-up from an
+    earlier run, no lease of a process that is gone)."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(f"{BEAT_REDIS_PREFIX}*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def beat(service_env: dict[str, str], workdir: Path, redis_url: str, worker: Worker) -> Iterator[Beat]:
+    """One `greenroom beat`, its heartbeat every second (the worker runs the heartbeat tasks)."""
+    _forget_beat_state(redis_url)
+    process = Beat({**service_env, "BEAT_HEARTBEAT_SECONDS": "1"}, workdir)
+    try:
+        url = f"http://127.0.0.1:{process.metrics_port}/readyz"
+        wait_for(lambda: http_status(url) == 200 or process.popen.poll() is not None, 30, "beat /readyz")
+        assert process.popen.poll() is None, f"beat exited early:\n{process.output()}"
+        yield process
+    finally:
+        process.stop()
+        _forget_beat_state(redis_url)
 
 
 def _dashboard_expressions() -> list[tuple[str, str]]:
@@ -151,8 +198,10 @@ def _concrete(expr: str) -> str:
 def test_every_dashboard_and_rule_expression_returns_data(
     prometheus: Prometheus, worker: Worker, producer: Producer
 ) -> None:
-    # Given: Prometheus sees both targets before any traffic (so gauges have a "before")
-    wait_for(lambda: len([r for r in prometheus.query("up == 1")]) == 2, 30, "both scrape targets up")
+    # Given: Prometheus sees the three targets before any traffic (so gauges have a "before"),
+    # the beat leading
+    wait_for(lambda: len([r for r in prometheus.query("up == 1")]) == 3, 30, "the scrape targets up")
+    wait_for(lambda: bool(prometheus.query("greenroom_beat_leader == 1")), 30, "the beat to lead")
     time.sleep(2)  # two scrapes of the quiet state: the dead-letter delta needs a baseline
 
     # When: successes, failures, retries and a report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from pathlib import Path
@@ -21,6 +22,9 @@ from tests.support import REPO
 
 GRAFANA = REPO / "observability" / "grafana"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
+RULES = REPO / "observability" / "prometheus" / "rules"
+#: What Prometheus appends to a family's name in the series it exposes.
+SERIES_SUFFIXES = ("_total", "_bucket", "_sum", "_count", "_created")
 
 
 def _provisioned_datasource_uids() -> dict[str, str]:
@@ -120,3 +124,78 @@ def test_the_drill_down_lists_a_workflows_steps_by_the_attributes_spans_carry() 
     ):
         assert f"span.{attribute}" in query, attribute
     assert '=~ "$actor"' in query
+
+
+def _prometheus_expressions(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
+    return [
+        (panel["title"], target["expr"])
+        for panel in _panels(dashboard)
+        for target in panel.get("targets", [])
+        if target["datasource"]["uid"] == "prometheus"
+    ]
+
+
+def _metric_families() -> set[str]:
+    """The greenroom_ metric families the production packages create, read from their source:
+    the first argument (a string, or a module constant holding one) of a metric constructor."""
+    families: set[str] = set()
+    for path in [
+        p for package in ("shared", "workers", "observability") for p in (REPO / package).rglob("*.py")
+    ]:
+        tree = ast.parse(path.read_text())
+        constants = {
+            target.id: node.value.value
+            for node in tree.body
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+            for target in node.targets
+            if isinstance(target, ast.Name)
+        }
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Call) and node.args):
+                continue
+            kind = getattr(node.func, "id", getattr(node.func, "attr", ""))
+            if kind in ("Counter", "Gauge", "Histogram", "Summary") or kind.endswith("MetricFamily"):
+                first = node.args[0]
+                name = (
+                    first.value
+                    if isinstance(first, ast.Constant)
+                    else constants.get(getattr(first, "id", ""))
+                )
+                if isinstance(name, str) and name.startswith("greenroom_"):
+                    families.add(name)
+    return families
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_panels_query_only_metrics_and_recording_rules_that_exist(path: Path) -> None:
+    families = _metric_families()
+    assert {"greenroom_tasks", "greenroom_beat_ticks", "greenroom_beat_leader"} <= families
+    rules = "\n".join(rule_file.read_text() for rule_file in RULES.glob("*.yml"))
+    for title, expr in _prometheus_expressions(json.loads(path.read_text())):
+        for name in re.findall(r"\bgreenroom_[a-z_]+\b", expr):
+            base = next((name.removesuffix(s) for s in SERIES_SUFFIXES if name.endswith(s)), name)
+            assert name in families or base in families, f"{title}: {name} is no greenroom metric"
+        for rule in re.findall(r"\bgreenroom:[a-z_0-9]+:[a-z_0-9]+\b", expr):
+            assert f"record: {rule}" in rules, f"{title}: no recording rule {rule}"
+
+
+def test_the_overview_has_an_open_beat_row_covering_every_beat_metric() -> None:
+    overview = json.loads((GRAFANA / "dashboards" / "greenroom-overview.json").read_text())
+    rows = [panel for panel in overview["panels"] if panel["type"] == "row"]
+    [beat_row] = [row for row in rows if row["title"].startswith("Beat")]
+    # Open, so its panels are top-level (tests/e2e/test_prometheus.py runs top-level panels' queries).
+    assert beat_row["collapsed"] is False and beat_row["panels"] == []
+    below = [p for p in overview["panels"] if p["gridPos"]["y"] > beat_row["gridPos"]["y"]]
+    assert below and all(panel["type"] != "row" for panel in below), "the Beat row is the last row"
+    queried = " ".join(expr for _title, expr in _prometheus_expressions({"panels": below}))
+    for metric in (
+        "greenroom_beat_ticks_total",
+        "greenroom_beat_tick_lag_seconds_bucket",
+        "greenroom_beat_last_sent_timestamp_seconds",
+        "greenroom_beat_schedule_interval_seconds",
+        "greenroom_beat_leader",
+        "greenroom_beat_heartbeat_completed_timestamp_seconds",
+    ):
+        assert metric in queried, metric
+    assert "by (schedule, outcome)" in queried
+    assert "histogram_quantile(0.5," in queried and "histogram_quantile(0.95," in queried
