@@ -39,6 +39,7 @@ GREENROOM_REDIS_PREFIXES = (
     "greenroom-sent:",
     "greenroom-cancellations",
     "greenroom-group:",
+    "greenroom-beat:",
 )
 
 

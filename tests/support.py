@@ -253,6 +253,36 @@ class Worker(Process):
         return self.task_events()
 
 
+class Beat(Process):
+    """A real `greenroom beat` process."""
+
+    def __init__(self, env: Mapping[str, str], cwd: Path, *, module: str | None = None) -> None:
+        self.metrics_port = int(env.get("METRICS_PORT") or free_port())
+        argv = [GREENROOM, "beat", *([module] if module else [])]
+        super().__init__(argv, {**env, "METRICS_PORT": str(self.metrics_port)}, cwd)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}{path}"
+
+    def wait_ready(self, timeout: float = 30) -> Beat:
+        wait_for(lambda: http_status(self.url("/readyz")) == 200 or self.popen.poll() is not None, timeout,
+                 "the beat to be ready")  # fmt: skip
+        assert self.popen.poll() is None, f"beat exited early:\n{self.output()}"
+        return self
+
+    def beat_lines(self) -> list[dict[str, Any]]:
+        return [line for line in self.json_lines() if line.get("logger") == "greenroom.beat"]
+
+    def ticks_sent(self) -> list[dict[str, Any]]:
+        """The ``tick sent`` lines so far."""
+        return [line for line in self.beat_lines() if line["message"] == "tick sent"]
+
+    def leads(self) -> bool:
+        """Whether /metrics says this process holds the lease."""
+        status, body = http_get(self.url("/metrics"))
+        return status == 200 and "\ngreenroom_beat_leader 1.0" in body
+
+
 def run_cli(
     args: Sequence[str], env: Mapping[str, str], cwd: Path, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
