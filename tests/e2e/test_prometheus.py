@@ -19,7 +19,7 @@ import yaml
 from shared.errors import TaskFailed
 from shared.producer import Producer
 from tests.e2e.conftest import StartWorker
-from tests.support import GREENROOM, REPO, Process, Worker, free_port, http_get, http_status, wait_for
+from tests.support import REPO, Beat, Process, Worker, free_port, http_get, wait_for
 
 OBSERVABILITY = REPO / "observability"
 RABBITMQ_METRICS_PORT = 15692
@@ -127,14 +127,6 @@ def worker(start_worker: StartWorker) -> Worker:
     return start_worker(processes=2, threads=4)
 
 
-class Beat(Process):
-    """A real `greenroom beat` process with its own metrics port."""
-
-    def __init__(self, env: dict[str, str], cwd: Path) -> None:
-        self.metrics_port = free_port()
-        super().__init__([GREENROOM, "beat"], {**env, "METRICS_PORT": str(self.metrics_port)}, cwd)
-
-
 def _forget_beat_state(redis_url: str) -> None:
     """Delete the lease and tick ledger a beat left in the test database (no catch-up from an
     earlier run, no lease of a process that is gone)."""
@@ -153,10 +145,7 @@ def beat(service_env: dict[str, str], workdir: Path, redis_url: str, worker: Wor
     _forget_beat_state(redis_url)
     process = Beat({**service_env, "BEAT_HEARTBEAT_SECONDS": "1"}, workdir)
     try:
-        url = f"http://127.0.0.1:{process.metrics_port}/readyz"
-        wait_for(lambda: http_status(url) == 200 or process.popen.poll() is not None, 30, "beat /readyz")
-        assert process.popen.poll() is None, f"beat exited early:\n{process.output()}"
-        yield process
+        yield process.wait_ready()
     finally:
         process.stop()
         _forget_beat_state(redis_url)
