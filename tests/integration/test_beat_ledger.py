@@ -10,8 +10,10 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 
+import dramatiq
 import pytest
 import redis
+from opentelemetry.trace import NoOpTracerProvider
 
 from observability.beat_metrics import BeatHealth, BeatMetrics
 from shared import __version__
@@ -26,8 +28,8 @@ from shared.runtime.beat_ledger import (
     claim_key,
     schedule_key,
 )
-from shared.schedules import Schedule, tick_message_id
-from shared.settings import Settings
+from shared.schedules import Schedule, heartbeat_schedule, tick_message_id
+from shared.settings import Settings, load_settings
 from tests.support import take_all
 
 #: An epoch-ms moment on a whole minute (2026-12-02T00:00:00Z): ticks of 10 s fall on multiples of it.
@@ -499,3 +501,76 @@ def test_missed_ticks_are_counted_by_one_process_only(
     assert (a.ticks("sent"), b.ticks("sent")) == (0.0, 4.0)
     assert published_ids(rabbitmq_url) == []
     assert a.beat._cursors == {SCHEDULE: T0 + 100_000}
+
+
+def test_a_tick_whose_publish_fails_is_counted_failed_and_sent_on_a_later_turn(
+    beat_process: StartProcess, producer: Producer, redis_url: str, rabbitmq_url: str
+) -> None:
+    # Given a leader whose RabbitMQ cannot be reached (nothing listens on port 1)
+    wall = FakeClock(T0 / 1000 + 1)
+    beat = beat_process("a", wall)
+    beat.turn()
+    away = Producer(
+        load_settings(
+            _env_file=None,
+            RABBITMQ_URL="amqp://guest:guest@127.0.0.1:1/%2F",
+            REDIS_URL=redis_url,
+            SEND_RETRY_TIMEOUT_SECONDS=0.2,
+        ),
+        tracer_provider=NoOpTracerProvider(),
+    )
+    try:
+        beat.beat.producer = away
+        wall.advance(25)  # two ticks due
+
+        # When it turns twice
+        beat.turn()
+        beat.turn()
+    finally:
+        beat.beat.producer = producer
+        away.close()
+
+    # Then the first tick failed on each turn and the second waited behind it
+    assert (beat.ticks("failed"), beat.ticks("sent")) == (2.0, 0.0)
+    assert published_ids(rabbitmq_url) == []
+
+    # When RabbitMQ can be reached again: both are sent, in order
+    beat.turn()
+    assert published_ids(rabbitmq_url) == ids(T0 + 10_000, T0 + 20_000)
+    assert beat.ticks("sent") == 2.0
+
+
+def test_the_heartbeat_gauge_follows_the_latest_heartbeat_a_worker_completed(
+    beat_process: StartProcess, producer: Producer, settings: Settings, rabbitmq_url: str
+) -> None:
+    # Given a leader sending the heartbeat every 10 s
+    heartbeat = heartbeat_schedule(settings.model_copy(update={"BEAT_HEARTBEAT_SECONDS": 10}))
+    assert heartbeat is not None
+    wall = FakeClock(T0 / 1000 + 1)
+    beat = beat_process("a", wall, [heartbeat])
+
+    def completed() -> float | None:
+        return beat.metrics.registry.get_sample_value("greenroom_beat_heartbeat_completed_timestamp_seconds")
+
+    beat.turn()
+    assert completed() == T0 / 1000 + 1, "before any: when it began to lead"
+    wall.advance(20)
+    beat.turn()
+    [first, second] = [json.loads(body) for body in take_all(rabbitmq_url, "default")]
+    assert [first["kwargs"]["payload"], second["kwargs"]["payload"]] == [
+        "2026-12-02T00:00:10Z",
+        "2026-12-02T00:00:20Z",
+    ]
+
+    # When a worker stores the first one's result, and the next heartbeat is sent
+    backend = producer.backend
+    backend.store_result(dramatiq.Message(**first), first["kwargs"]["payload"], 60_000)
+    wall.advance(10)
+    beat.turn()
+
+    # Then the gauge is the first one's scheduled time (the second is still awaited)
+    assert completed() == (T0 + 10_000) / 1000
+    backend.store_result(dramatiq.Message(**second), second["kwargs"]["payload"], 60_000)
+    wall.advance(10)
+    beat.turn()
+    assert completed() == (T0 + 20_000) / 1000
