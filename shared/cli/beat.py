@@ -8,7 +8,9 @@ lease over at once. Its stdout is JSON log lines, one per tick sent::
     ... {"logger": "greenroom.beat", "message": "greenroom beat ready: 1 schedules; lease 5s; ...", ...}
     ... {"logger": "greenroom.beat", "message": "tick sent", "schedule": "heartbeat", ...}
 
-A bad schedule, or a module that cannot be imported, stops it with one line and exit 2.
+A bad schedule, a module that cannot be imported, or RabbitMQ or Redis refusing the
+settings (a login, a vhost) stops it with one line and exit 2; a service that cannot be
+reached is waited for.
 """
 
 from __future__ import annotations
@@ -43,5 +45,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if isinstance(schedules, str):
         return usage_error(schedules)
     from shared.runtime.beat_service import run_beat  # imported here: only this command needs it
+    from shared.runtime.service_checks import check_services
+    from shared.tasks import get_task
+
+    queues = sorted({get_task(schedule.task).queue for schedule in schedules})
+    if (refused := check_services(settings, queues, stores_results=True)) is not None:
+        return usage_error(refused)
 
     return run_beat(settings, schedules)

@@ -108,6 +108,7 @@ class Beat:
             name="greenroom-beat-lease",
         )
         self._redis_failing = False
+        self._announced = False  # "Beat leads" logged since it began to lead
 
     def run(self, stop: threading.Event) -> None:
         """Lead or wait until ``stop`` is set; then hand the lease over at once."""
@@ -175,6 +176,10 @@ class Beat:
         except NotLeader:
             self._step_down("another process leads")
             return MAX_WAIT_SECONDS
+        except redis.ResponseError as error:  # the state in Redis is damaged: read it again
+            logger.warning("Redis refused a beat command (%s); reading the schedules' state again.", error)
+            self._cursors = None
+            return MAX_WAIT_SECONDS
         except redis.RedisError as error:
             logger.warning("Beat could not use Redis (%s); trying again.", outage_line(error))
             return MAX_WAIT_SECONDS
@@ -186,6 +191,11 @@ class Beat:
         cursors = {}
         for schedule in self.schedules:
             state = self.ledger.start(schedule.name, now_ms)
+            if state.reset:
+                logger.warning(
+                    "The state of schedule %s in Redis was damaged; it starts again from now",
+                    schedule.name, extra={"schedule": schedule.name},
+                )  # fmt: skip
             cursors[schedule.name] = state.cursor_ms
             self.metrics.last_sent.labels(schedule=schedule.name).set(state.sent_at_ms / 1000)
             self.metrics.interval.labels(schedule=schedule.name).set(interval_seconds(schedule, now_ms))
@@ -199,6 +209,8 @@ class Beat:
         if self._cursors is None:
             return
         self._cursors = None
+        self._announced = False
+        self._left_claims.clear()
         logger.info("Beat no longer leads (%s)", why, extra={"holder": self.lease.holder})
 
     def _send_due(self, schedule: Schedule, cursor: int) -> int:
@@ -237,6 +249,10 @@ class Beat:
         if (schedule.name, tick) in self._unsettled:
             return False  # sent; recorded once Redis answers (never published twice from here)
         status, holder = self.ledger.claim(schedule.name, tick)
+        if status != "held":
+            self._left_claims = {
+                key: seen for key, seen in self._left_claims.items() if key[:2] != (schedule.name, tick)
+            }
         if status == "settled":
             return True
         if status == "held" and holder is not None:

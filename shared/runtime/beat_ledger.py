@@ -37,17 +37,28 @@ from shared.runtime.beat_lease import LEASE_KEY
 STATE_TTL_SECONDS = 30 * 86400
 #: How long a claim outlives the catch-up window, in seconds.
 CLAIM_MARGIN_SECONDS = 60
+#: How far ahead of this process's clock a cursor may lie (another host's clock) before it is
+#: taken for damage and reset.
+MAX_CURSOR_AHEAD_MS = 3_600_000
 
 _LEADS = "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'not-leader'} end\n"
 
 _START = (
     _LEADS
     + """
-local cursor = redis.call('HGET', KEYS[2], 'cursor')
-if cursor then return {'cursor', cursor, redis.call('HGET', KEYS[2], 'sent_at') or cursor} end
+local kind = redis.call('TYPE', KEYS[2])['ok']
+local cursor, sent_at = false, false
+if kind == 'hash' then
+  cursor, sent_at = redis.call('HGET', KEYS[2], 'cursor'), redis.call('HGET', KEYS[2], 'sent_at')
+end
+local valid = tonumber(cursor) and tonumber(sent_at) and tonumber(cursor) <= tonumber(ARGV[4])
+if valid then return {'cursor', cursor, sent_at} end
+local state = 'new'
+if kind ~= 'none' then state = 'reset' end
+redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[2], 'cursor', ARGV[2], 'sent_at', ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
-return {'cursor', ARGV[2], ARGV[2]}
+return {state, ARGV[2], ARGV[2]}
 """
 )
 _CLAIM = (
@@ -110,6 +121,7 @@ class ScheduleState:
 
     cursor_ms: int
     sent_at_ms: int
+    reset: bool = False
 
 
 class NotLeader(Exception):
@@ -131,13 +143,17 @@ class TickLedger:
 
     def start(self, schedule: str, now_ms: int) -> ScheduleState:
         """The schedule's state; for a schedule seen for the first time, its cursor is ``now_ms``
-        (no tick before the first start is sent)."""
+        (no tick before the first start is sent). A state that is not two numbers, or a cursor
+        more than MAX_CURSOR_AHEAD_MS ahead, is reset so (``reset`` is then True)."""
         reply = self._leading(
             self._start(
-                keys=[LEASE_KEY, schedule_key(schedule)], args=[self.holder, now_ms, self.state_ttl_ms]
+                keys=[LEASE_KEY, schedule_key(schedule)],
+                args=[self.holder, now_ms, self.state_ttl_ms, now_ms + MAX_CURSOR_AHEAD_MS],
             )
         )
-        return ScheduleState(cursor_ms=int(reply[1]), sent_at_ms=int(reply[2]))
+        return ScheduleState(
+            cursor_ms=int(float(reply[1])), sent_at_ms=int(float(reply[2])), reset=_text(reply[0]) == "reset"
+        )
 
     def claim(self, schedule: str, at_ms: int) -> tuple[str, str | None]:
         """``("claimed", None)``: publish it; ``("settled", None)``: sent or skipped already;
