@@ -63,6 +63,11 @@ from shared.tasks import CONTRACTS_PACKAGE, DeclarationTable, get_task
 SCHEDULE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 #: The longest interval a schedule may have (a year), in seconds.
 MAX_INTERVAL_SECONDS = 366 * 86400
+#: A cron expression: five fields (no seconds), and not longer than this.
+CRON_FIELDS = 5
+MAX_CRON_CHARS = 200
+#: How far back the last tick before a moment is looked for, at most (eight years).
+MAX_LOOKBACK_MS = 8 * 366 * 86_400_000
 #: The name of the diagnostic schedule BEAT_HEARTBEAT_SECONDS sets up.
 HEARTBEAT = "heartbeat"
 
@@ -133,6 +138,13 @@ def _check_declaration(schedule: Schedule) -> None:
 def _check_cron(name: str, cron: object, zone: ZoneInfo) -> None:
     if not isinstance(cron, str):
         raise InvalidSchedule(name, f"cron must be a string, not {type(cron).__name__}")
+    if len(cron) > MAX_CRON_CHARS:
+        raise InvalidSchedule(name, f"cron is longer than {MAX_CRON_CHARS} characters")
+    if len(cron.split()) != CRON_FIELDS:
+        raise InvalidSchedule(
+            name,
+            f"cron {cron!r}: {len(cron.split())} fields, not five (minute hour day month weekday)",
+        )
     try:
         next(CronSim(cron, datetime.now(zone)))
     except CronSimError as error:
@@ -179,7 +191,9 @@ def ticks_after(schedule: Schedule, after_ms: int) -> Iterator[int]:
             tick += every_ms
     zone = schedule.zone
     for fire_time in CronSim(schedule.cron or "", datetime.fromtimestamp(after_ms / 1000, zone)):
-        yield round(fire_time.timestamp() * 1000)
+        tick = round(fire_time.timestamp() * 1000)
+        if tick > after_ms:  # started in a repeated hour, cronsim may begin with its first pass
+            yield tick
 
 
 def next_ticks(schedule: Schedule, *, after_ms: int, count: int) -> list[int]:
@@ -204,10 +218,22 @@ def ticks_in(schedule: Schedule, after_ms: int, until_ms: int, *, most: int) -> 
             break
         count, last = count + 1, tick
         if count >= most:
-            moment = datetime.fromtimestamp((until_ms + 1) / 1000, schedule.zone)
-            before = next(CronSim(schedule.cron or "", moment, reverse=True))
-            return count, round(before.timestamp() * 1000)
+            return count, _last_tick_until(schedule, until_ms)
     return count, last
+
+
+def _last_tick_until(schedule: Schedule, until_ms: int) -> int:
+    """The schedule's last tick at or before ``until_ms`` (it has one within MAX_LOOKBACK_MS)."""
+    span = 86_400_000
+    while True:
+        last = None
+        for tick in ticks_after(schedule, until_ms - span):
+            if tick > until_ms:
+                break
+            last = tick
+        if last is not None or span >= MAX_LOOKBACK_MS:
+            return last if last is not None else until_ms
+        span *= 2
 
 
 def interval_seconds(schedule: Schedule, now_ms: int) -> float:
