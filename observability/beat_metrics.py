@@ -9,13 +9,19 @@
 - ``greenroom_beat_last_sent_timestamp_seconds{schedule}``: when a tick of the
   schedule was last sent (before the first one: when a beat first took the
   schedule up), as the leader knows it from Redis.
+- ``greenroom_beat_next_tick_timestamp_seconds{schedule}``: the scheduled time of
+  the schedule's next tick to send (the oldest one not sent): overdue means stalled.
 - ``greenroom_beat_schedule_interval_seconds{schedule}``: the time between the
-  schedule's next two ticks (alerts compare staleness with it).
+  schedule's next two ticks.
 - ``greenroom_beat_heartbeat_completed_timestamp_seconds``: the scheduled time of the
   latest ``heartbeat`` tick whose result a worker stored (before the first: when
   this process began to lead): the end-to-end proof that beat, RabbitMQ, workers and
   Redis all run.
 - ``greenroom_beat_leader``: 1 while this process holds the lease, else 0.
+
+The per-schedule gauges and the heartbeat's are the leader's: a process that stops
+leading drops them (the heartbeat's reads 0), so ``max`` across processes is the
+leader's value.
 
 A beat is one process, so these live in a registry of its own (no multiprocess
 directory); :class:`BeatHealth` answers ``/healthz`` and ``/readyz`` for
@@ -69,6 +75,12 @@ class BeatMetrics:
             ["schedule"],
             registry=self.registry,
         )
+        self.next_tick = Gauge(
+            "greenroom_beat_next_tick_timestamp_seconds",
+            "Scheduled time of the schedule's next tick to send (the oldest one not sent).",
+            ["schedule"],
+            registry=self.registry,
+        )
         self.interval = Gauge(
             "greenroom_beat_schedule_interval_seconds",
             "Seconds between the schedule's next two ticks.",
@@ -87,6 +99,12 @@ class BeatMetrics:
             registry=self.registry,
         )
         self.registry.register(BuildInfoCollector(version))
+
+    def stopped_leading(self) -> None:
+        """Drop the leader's gauges: another process reports them now."""
+        for gauge in (self.last_sent, self.next_tick, self.interval):
+            gauge.clear()
+        self.heartbeat_completed.set(0)
 
 
 #: How long the beat loop may go without a turn before ``/healthz`` fails, in seconds.

@@ -113,7 +113,7 @@ class Settings(BaseSettings):
 
     # Beat (greenroom beat: periodic tasks) -----------------------------------------
     BEAT_HEARTBEAT_SECONDS: int = Field(default=60, ge=0, le=86400)  # 0: no heartbeat schedule
-    BEAT_CATCHUP_SECONDS: int = Field(default=300, ge=0, le=MAX_TASK_SECONDS)
+    BEAT_CATCHUP_SECONDS: int = Field(default=300, ge=1, le=MAX_TASK_SECONDS)
     BEAT_LEASE_SECONDS: float = Field(default=5.0, ge=1, le=300)
 
     # Logs -----------------------------------------------------------------------

@@ -210,7 +210,9 @@ class Beat:
             return
         self._cursors = None
         self._announced = False
+        self._heartbeat_seen = False
         self._left_claims.clear()
+        self.metrics.stopped_leading()
         logger.info("Beat no longer leads (%s)", why, extra={"holder": self.lease.holder})
 
     def _send_due(self, schedule: Schedule, cursor: int) -> int:
@@ -223,6 +225,7 @@ class Beat:
             if not self._send_tick(schedule, tick):
                 break  # retried on the next turn; later ticks wait behind it
             cursor = tick
+        self.metrics.next_tick.labels(schedule=schedule.name).set(next(ticks_after(schedule, cursor)) / 1000)
         return cursor
 
     def _skip_missed(self, schedule: Schedule, cursor: int, oldest_ms: int) -> int:
@@ -258,8 +261,9 @@ class Beat:
         if status == "held" and holder is not None:
             if not self._may_take_over(schedule.name, tick, holder):
                 return False
-            logger.info(
-                "Tick %s of schedule %s was claimed by %s, which no longer leads: sending it",
+            logger.warning(
+                "Tick %s of schedule %s was claimed by %s, which no longer leads, and not recorded as "
+                "sent: sending it (twice, if that process had handed it to RabbitMQ before it stopped)",
                 iso_utc(tick), schedule.name, holder, extra={"schedule": schedule.name},
             )  # fmt: skip
         try:

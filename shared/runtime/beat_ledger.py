@@ -22,7 +22,7 @@ second (its caller logs a warning).
 
 A tick older than the catch-up window is not sent: :meth:`skip_to` moves the
 cursor past it and the caller counts it missed. Hashes last
-:data:`STATE_TTL_SECONDS` after their last change; a claim lasts the catch-up
+:data:`STATE_TTL_SECONDS` (400 days) after their last change; a claim lasts the catch-up
 window and a minute more.
 """
 
@@ -33,8 +33,8 @@ from typing import Any
 
 from shared.runtime.beat_lease import LEASE_KEY
 
-#: How long a schedule's cursor is kept after its last change (30 days).
-STATE_TTL_SECONDS = 30 * 86400
+#: How long a schedule's cursor is kept after its last change (400 days: a yearly schedule's too).
+STATE_TTL_SECONDS = 400 * 86400
 #: How long a claim outlives the catch-up window, in seconds.
 CLAIM_MARGIN_SECONDS = 60
 #: How far ahead of this process's clock a cursor may lie (another host's clock) before it is

@@ -192,7 +192,7 @@ def test_the_overview_has_an_open_beat_row_covering_every_beat_metric() -> None:
         "greenroom_beat_ticks_total",
         "greenroom_beat_tick_lag_seconds_bucket",
         "greenroom_beat_last_sent_timestamp_seconds",
-        "greenroom_beat_schedule_interval_seconds",
+        "greenroom_beat_next_tick_timestamp_seconds",
         "greenroom_beat_leader",
         "greenroom_beat_heartbeat_completed_timestamp_seconds",
     ):
