@@ -283,6 +283,20 @@ class Beat(Process):
         return status == 200 and "\ngreenroom_beat_leader 1.0" in body
 
 
+def forget_beat_state(redis_url: str) -> None:
+    """Delete what greenroom beat keeps in Redis (its lease, cursors and claims), so that the
+    beats of a test start afresh instead of catching up an earlier test's ticks."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter("greenroom-beat:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
 def run_cli(
     args: Sequence[str], env: Mapping[str, str], cwd: Path, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:

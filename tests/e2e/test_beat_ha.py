@@ -26,7 +26,7 @@ import redis
 from shared.producer import Producer
 from shared.settings import load_settings
 from tests.e2e.conftest import StartWorker
-from tests.support import Beat, Worker, free_port, wait_for
+from tests.support import Beat, Worker, forget_beat_state, free_port, wait_for
 
 #: Beat settings of these tests: a tick a second, a 2-second lease, a 4-second catch-up window.
 BEAT_ENV = {"BEAT_HEARTBEAT_SECONDS": "1", "BEAT_LEASE_SECONDS": "2", "BEAT_CATCHUP_SECONDS": "4"}
@@ -36,6 +36,7 @@ BEAT_ENV = {"BEAT_HEARTBEAT_SECONDS": "1", "BEAT_LEASE_SECONDS": "2", "BEAT_CATC
 def start_beat(service_env: dict[str, str], workdir: Path) -> Iterator[Callable[..., Beat]]:
     """Start `greenroom beat` processes (ready: /readyz answers 200); stop them afterwards."""
     started: list[Beat] = []
+    forget_beat_state(service_env["REDIS_URL"])
 
     def start(env: dict[str, str] | None = None) -> Beat:
         beat = Beat({**service_env, **BEAT_ENV, **(env or {})}, workdir)

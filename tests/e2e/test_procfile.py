@@ -8,10 +8,8 @@ import signal
 from collections import Counter
 from pathlib import Path
 
-import redis
-
 from shared.producer import Producer
-from tests.support import REPO, Process, wait_for
+from tests.support import REPO, Process, forget_beat_state, wait_for
 
 
 def _process_types() -> list[str]:
@@ -46,23 +44,12 @@ def _heartbeat_ids(honcho: Process) -> Counter[str]:
     return ids
 
 
-def _forget_beat_state(redis_url: str) -> None:
-    """No lease or tick ledger of an earlier run (which would make the beats catch up)."""
-    client = redis.Redis.from_url(redis_url)
-    try:
-        keys = list(client.scan_iter("greenroom-beat:*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
-
-
 def test_process_types_scale_and_consume_only_their_queue(
     producer: Producer, service_env: dict[str, str], workdir: Path, redis_url: str
 ) -> None:
     # Given: every Procfile process type, the reports type and the beat scaled to 2
     assert _process_types() == ["default", "reports", "beat"]
-    _forget_beat_state(redis_url)
+    forget_beat_state(redis_url)
     (workdir / "empty.env").write_text("")
     env = {**service_env, "WORKER_PROCESSES": "1", "BEAT_HEARTBEAT_SECONDS": "1"}
     procfile = ["-f", str(REPO / "Procfile"), "-d", str(workdir), "-e", "empty.env"]
@@ -105,4 +92,4 @@ def test_process_types_scale_and_consume_only_their_queue(
         assert len(worker_stops) == 3 and all('"exit_code": 0' in line for line in worker_stops)
     finally:
         honcho.stop()
-        _forget_beat_state(redis_url)
+        forget_beat_state(redis_url)

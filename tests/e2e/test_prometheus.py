@@ -13,13 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 import yaml
 
 from shared.errors import TaskFailed
 from shared.producer import Producer
 from tests.e2e.conftest import StartWorker
-from tests.support import REPO, Beat, Process, Worker, free_port, http_get, wait_for
+from tests.support import REPO, Beat, Process, Worker, forget_beat_state, free_port, http_get, wait_for
 
 OBSERVABILITY = REPO / "observability"
 RABBITMQ_METRICS_PORT = 15692
@@ -34,8 +33,6 @@ EXPECTED_EMPTY = {
     "GreenroomHeartbeatMissing": "the worker completes every heartbeat; promtool tests cover firing",
     "GreenroomBeatNoLeader": "the beat leads; promtool tests cover firing",
 }
-#: What greenroom beat keeps in Redis (its lease and tick ledger).
-BEAT_REDIS_PREFIX = "greenroom-beat:"
 
 
 @pytest.fixture(scope="module")
@@ -127,28 +124,16 @@ def worker(start_worker: StartWorker) -> Worker:
     return start_worker(processes=2, threads=4)
 
 
-def _forget_beat_state(redis_url: str) -> None:
-    """Delete the lease and tick ledger a beat left in the test database (no catch-up from an
-    earlier run, no lease of a process that is gone)."""
-    client = redis.Redis.from_url(redis_url)
-    try:
-        keys = list(client.scan_iter(f"{BEAT_REDIS_PREFIX}*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
-
-
 @pytest.fixture
 def beat(service_env: dict[str, str], workdir: Path, redis_url: str, worker: Worker) -> Iterator[Beat]:
     """One `greenroom beat`, its heartbeat every second (the worker runs the heartbeat tasks)."""
-    _forget_beat_state(redis_url)
+    forget_beat_state(redis_url)
     process = Beat({**service_env, "BEAT_HEARTBEAT_SECONDS": "1"}, workdir)
     try:
         yield process.wait_ready()
     finally:
         process.stop()
-        _forget_beat_state(redis_url)
+        forget_beat_state(redis_url)
 
 
 def _dashboard_expressions() -> list[tuple[str, str]]:

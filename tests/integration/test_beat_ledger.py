@@ -30,7 +30,7 @@ from shared.runtime.beat_ledger import (
 )
 from shared.schedules import Schedule, heartbeat_schedule, tick_message_id
 from shared.settings import Settings, load_settings
-from tests.support import take_all
+from tests.support import forget_beat_state, take_all
 
 #: An epoch-ms moment on a whole minute (2026-12-02T00:00:00Z): ticks of 10 s fall on multiples of it.
 T0 = 1_796_169_600_000
@@ -54,16 +54,10 @@ class FakeClock:
 def client(redis_url: str) -> Iterator[redis.Redis[bytes]]:
     """A client of the test database, with none of the beat's keys before or after the test."""
     connection: redis.Redis[bytes] = redis.Redis.from_url(redis_url)
-    _delete_beat_keys(connection)
+    forget_beat_state(redis_url)
     yield connection
-    _delete_beat_keys(connection)
+    forget_beat_state(redis_url)
     connection.close()
-
-
-def _delete_beat_keys(client: redis.Redis[bytes]) -> None:
-    keys = list(client.scan_iter("greenroom-beat:*", count=1000))
-    if keys:
-        client.delete(*keys)
 
 
 def lease_of(client: redis.Redis[bytes], holder: str, clock: FakeClock, ttl: float = 5.0) -> Lease:
