@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import redis
 
+from shared.bench.otlp_receiver import OtlpReceiver
 from shared.producer import Producer
 from shared.settings import load_settings
 from tests.e2e.conftest import StartWorker
@@ -126,6 +127,50 @@ def test_ticks_are_caught_up_once_after_redis_is_down_for_a_few_seconds(
             assert_ran_once(worker, sent, results)
         finally:
             results.close()
+
+
+def test_sigterm_hands_the_lease_over_at_once(start_beat: Callable[..., Beat]) -> None:
+    # Given two beats with a 30-second lease (a take-over on expiry would take 30 s)
+    beats = [start_beat({"BEAT_LEASE_SECONDS": "30"}) for _ in range(2)]
+    leader = the_leader(beats)
+    follower = next(beat for beat in beats if beat is not leader)
+
+    # When the leader gets SIGTERM
+    leader.signal(signal.SIGTERM)
+
+    # Then it exits 0, and the other leads and sends ticks well before the lease could expire
+    assert leader.wait(timeout=30) == 0
+    wait_for(follower.leads, 10, "the follower to lead after the leader released the lease")
+    wait_for_ticks([follower], 2, timeout=10)
+
+
+def test_each_tick_is_a_producer_span_whose_trace_continues_in_the_worker(
+    start_beat: Callable[..., Beat], start_worker: StartWorker, otlp_receiver: OtlpReceiver
+) -> None:
+    # Given a beat and a worker exporting their spans
+    start_worker(processes=1, threads=2, queues=["default"])
+    beat = start_beat()
+
+    # When it has sent three ticks and stopped (flushing its spans)
+    wait_for_ticks([beat], 3)
+    beat.signal(signal.SIGTERM)
+    assert beat.wait(timeout=30) == 0
+    ticks = {line["message_id"]: line["scheduled_at"] for line in beat.ticks_sent()}
+    wait_for(lambda: len(otlp_receiver.consumer_spans(ticks)) == len(ticks), 20, "the ticks' consumer spans")
+
+    # Then each tick's PRODUCER span (service greenroom-beat) names the schedule, and the worker's
+    # CONSUMER span is its child, in the same trace, with the same attributes
+    producers = {
+        s.attributes.get("messaging.message.id"): s for s in otlp_receiver.spans() if s.kind == "PRODUCER"
+    }
+    for message_id, scheduled_at in ticks.items():
+        producer, (consumer,) = producers[message_id], otlp_receiver.consumer_spans([message_id])[message_id]
+        assert producer.name == "send default"
+        assert producer.resource["service.name"] == "greenroom-beat"
+        for span in (producer, consumer):
+            assert span.attributes["greenroom.schedule.name"] == "heartbeat"
+            assert span.attributes["greenroom.schedule.scheduled_at"] == scheduled_at
+        assert (consumer.trace_id, consumer.parent_span_id) == (producer.trace_id, producer.span_id)
 
 
 # Helpers -------------------------------------------------------------------------------
