@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
 import os
@@ -295,6 +296,42 @@ def forget_beat_state(redis_url: str) -> None:
             client.delete(*keys)
     finally:
         client.close()
+
+
+def metric_families() -> dict[str, str]:
+    """Every metric family the production packages create: name -> Counter, Gauge, Histogram ...
+
+    Read from the source: the first argument of each metric constructor, a string or a
+    module-level constant holding one.
+    """
+    families: dict[str, str] = {}
+    for package in ("shared", "workers", "observability"):
+        for path in (REPO / package).rglob("*.py"):
+            tree = ast.parse(path.read_text())
+            constants = {
+                target.id: node.value.value
+                for node in tree.body
+                if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+                for target in node.targets
+                if isinstance(target, ast.Name) and isinstance(node.value.value, str)
+            }
+            for node in ast.walk(tree):
+                if not (isinstance(node, ast.Call) and node.args):
+                    continue
+                kind = getattr(node.func, "id", getattr(node.func, "attr", ""))
+                if kind not in ("Counter", "Gauge", "Histogram", "Summary") and not kind.endswith(
+                    "MetricFamily"
+                ):
+                    continue
+                first = node.args[0]
+                name = (
+                    first.value
+                    if isinstance(first, ast.Constant)
+                    else constants.get(getattr(first, "id", ""))
+                )
+                if isinstance(name, str) and name.startswith("greenroom_"):
+                    families[name] = kind
+    return families
 
 
 def run_cli(

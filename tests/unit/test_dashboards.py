@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import json
 import re
 from pathlib import Path
@@ -18,7 +17,7 @@ from observability.messaging_spans import (
     WORKFLOW_KIND_ATTRIBUTE,
     WORKFLOW_STEP_ATTRIBUTE,
 )
-from tests.support import REPO
+from tests.support import REPO, metric_families
 
 GRAFANA = REPO / "observability" / "grafana"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
@@ -135,40 +134,9 @@ def _prometheus_expressions(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
-def _metric_families() -> set[str]:
-    """The greenroom_ metric families the production packages create, read from their source:
-    the first argument (a string, or a module constant holding one) of a metric constructor."""
-    families: set[str] = set()
-    for path in [
-        p for package in ("shared", "workers", "observability") for p in (REPO / package).rglob("*.py")
-    ]:
-        tree = ast.parse(path.read_text())
-        constants = {
-            target.id: node.value.value
-            for node in tree.body
-            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
-            for target in node.targets
-            if isinstance(target, ast.Name)
-        }
-        for node in ast.walk(tree):
-            if not (isinstance(node, ast.Call) and node.args):
-                continue
-            kind = getattr(node.func, "id", getattr(node.func, "attr", ""))
-            if kind in ("Counter", "Gauge", "Histogram", "Summary") or kind.endswith("MetricFamily"):
-                first = node.args[0]
-                name = (
-                    first.value
-                    if isinstance(first, ast.Constant)
-                    else constants.get(getattr(first, "id", ""))
-                )
-                if isinstance(name, str) and name.startswith("greenroom_"):
-                    families.add(name)
-    return families
-
-
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
 def test_panels_query_only_metrics_and_recording_rules_that_exist(path: Path) -> None:
-    families = _metric_families()
+    families = set(metric_families())
     assert {"greenroom_tasks", "greenroom_beat_ticks", "greenroom_beat_leader"} <= families
     rules = "\n".join(rule_file.read_text() for rule_file in RULES.glob("*.yml"))
     for title, expr in _prometheus_expressions(json.loads(path.read_text())):

@@ -33,6 +33,7 @@ from tests.docs_examples import (
     prose,
     split_assignments,
 )
+from tests.support import metric_families
 
 README = ROOT / "README.md"
 MAX_README_BYTES = 15 * 1024
@@ -306,45 +307,9 @@ def test_every_metric_recording_rule_and_alert_named_exists(document: Path) -> N
         assert f"alert: {alert}" in rules, f"{document.name}: no alert {alert}"
 
 
-def _metric_families() -> dict[str, str]:
-    """Every metric family the production packages create: name -> Counter, Gauge, Histogram ...
-
-    Read from the source: the first argument of each metric constructor, a string or a
-    module-level constant holding one.
-    """
-    families: dict[str, str] = {}
-    for package in ("shared", "workers", "observability"):
-        for path in (ROOT / package).rglob("*.py"):
-            tree = ast.parse(path.read_text())
-            constants = {
-                target.id: node.value.value
-                for node in tree.body
-                if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
-                for target in node.targets
-                if isinstance(target, ast.Name) and isinstance(node.value.value, str)
-            }
-            for node in ast.walk(tree):
-                if not (isinstance(node, ast.Call) and node.args):
-                    continue
-                kind = getattr(node.func, "id", getattr(node.func, "attr", ""))
-                if kind not in ("Counter", "Gauge", "Histogram", "Summary") and not kind.endswith(
-                    "MetricFamily"
-                ):
-                    continue
-                first = node.args[0]
-                name = (
-                    first.value
-                    if isinstance(first, ast.Constant)
-                    else constants.get(getattr(first, "id", ""))
-                )
-                if isinstance(name, str) and name.startswith("greenroom_"):
-                    families[name] = kind
-    return families
-
-
 def test_the_observability_reference_lists_every_metric_family_and_alert() -> None:
     reference = (ROOT / "docs/observability.md").read_text()
-    families = _metric_families()
+    families = metric_families()
     assert len(families) >= 8, families
     for family, kind in families.items():
         shown = f"{family}_total" if kind.startswith("Counter") and not family.endswith("_total") else family
