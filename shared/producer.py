@@ -91,7 +91,7 @@ from shared.producer_checks import (
     task_message,
     timeout_seconds,
 )
-from shared.publishing import BatchPublisher
+from shared.publishing import CONFIRM_TIMEOUT_SECONDS, BatchPublisher
 from shared.result_marks import raise_for_failure
 from shared.results import RedisResultBackend
 from shared.service_refusals import outage_line, redis_refusal_line, refusal_line
@@ -338,16 +338,28 @@ class Producer:
         seconds = contract.result_ttl_seconds if contract is not None else None
         return round((seconds or self.settings.RESULT_TTL_SECONDS) * 1000)
 
-    def publish_confirmed(self, messages: Sequence[dramatiq.Message[Any]], what: str) -> None:
+    def publish_confirmed(
+        self,
+        messages: Sequence[dramatiq.Message[Any]],
+        what: str,
+        *,
+        confirm_timeout: float = CONFIRM_TIMEOUT_SECONDS,
+    ) -> None:
         """Publish ready-made ``messages`` with publisher confirms, whatever
-        BROKER_CONFIRM_DELIVERY says, riding out an outage like ``send_many``.
+        BROKER_CONFIRM_DELIVERY says, riding out an outage like ``send_many`` (for
+        SEND_RETRY_TIMEOUT_SECONDS, and ``confirm_timeout`` more for the last confirms).
 
-        For callers that move existing messages (``greenroom dlq replay``);
-        tasks are sent with ``send`` and ``send_many``. For example::
+        For callers that move existing messages (``greenroom dlq replay``) or make their
+        own (``greenroom beat``); tasks are sent with ``send`` and ``send_many``. For example::
 
             producer.publish_confirmed([message], "message 6b8e...")
         """
-        publisher = BatchPublisher(self.broker, messages, timeout=self.settings.SEND_RETRY_TIMEOUT_SECONDS)
+        publisher = BatchPublisher(
+            self.broker,
+            messages,
+            timeout=self.settings.SEND_RETRY_TIMEOUT_SECONDS,
+            confirm_timeout=confirm_timeout,
+        )
         self._with_retries(what, publisher.publish)
 
     def result_of(self, task: str, message_id: str, *, timeout: float = DEFAULT_RESULT_TIMEOUT) -> Any:

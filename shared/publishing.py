@@ -17,9 +17,9 @@ arrive twice, with the same message id (at-least-once, as for ``send``); at most
 ``MAX_UNCONFIRMED`` messages are unconfirmed at any moment, so a drop duplicates
 at most that many.
 
-Every wait for confirmations ends by ``timeout`` + ``CONFIRM_TIMEOUT_SECONDS``
-after the first ``publish``: the caller retries for ``timeout``, and the last
-attempt may wait one confirm timeout more.
+Every wait for confirmations ends by ``timeout`` + ``confirm_timeout`` (by default
+``CONFIRM_TIMEOUT_SECONDS``) after the first ``publish``: the caller retries for
+``timeout``, and the last attempt may wait one confirm timeout more.
 
 Should pika lose the private parts that pipelining needs
 (:mod:`shared.pika_compat`), every message waits for its own confirm, as with
@@ -64,12 +64,19 @@ class BatchPublisher:
     """Publishes ``messages`` in order; see the module docstring."""
 
     def __init__(
-        self, broker: GreenroomBroker, messages: Sequence[dramatiq.Message[Any]], *, timeout: float = 0.0
+        self,
+        broker: GreenroomBroker,
+        messages: Sequence[dramatiq.Message[Any]],
+        *,
+        timeout: float = 0.0,
+        confirm_timeout: float = CONFIRM_TIMEOUT_SECONDS,
     ) -> None:
-        """``timeout``: how long after the first ``publish`` the caller may still retry."""
+        """``timeout``: how long after the first ``publish`` the caller may still retry;
+        ``confirm_timeout``: how much longer the last attempt may wait for RabbitMQ's confirms."""
         self.broker = broker
         self.unconfirmed: list[dramatiq.Message[Any]] = list(messages)
         self.timeout = timeout
+        self.confirm_timeout = confirm_timeout
         self.give_up_at = math.inf  # set by the first publish
 
     def publish(self) -> None:
@@ -77,7 +84,7 @@ class BatchPublisher:
         if not self.unconfirmed:
             return
         if self.give_up_at == math.inf:
-            self.give_up_at = time.monotonic() + self.timeout + CONFIRM_TIMEOUT_SECONDS
+            self.give_up_at = time.monotonic() + self.timeout + self.confirm_timeout
         try:
             now = current_millis()
             delayed = {m.queue_name for m in self.unconfirmed if delays.remaining_ms(m.options, now) > 0}

@@ -41,6 +41,7 @@ Arguments are checked against the task's contract when the schedules are loaded
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Iterator, Mapping
@@ -48,7 +49,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, available_timezones
 
 import dramatiq
 from cronsim import CronSim, CronSimError
@@ -125,14 +126,21 @@ def _check_declaration(schedule: Schedule) -> None:
         raise InvalidSchedule(name, f"kwargs must be a mapping, not {type(schedule.kwargs).__name__}")
     if (schedule.cron is None) == (schedule.every is None):
         raise InvalidSchedule(name, "give cron or every, one of them")
-    try:
-        zone = ZoneInfo(schedule.timezone)
-    except (ZoneInfoNotFoundError, ValueError, TypeError):
-        raise InvalidSchedule(name, f"timezone {schedule.timezone!r} is not an IANA time zone") from None
+    if not isinstance(schedule.timezone, str) or schedule.timezone not in _time_zones():
+        raise InvalidSchedule(
+            name, f"timezone {schedule.timezone!r} is not an IANA time zone (e.g. Europe/Berlin)"
+        )
+    zone = ZoneInfo(schedule.timezone)
     if schedule.cron is not None:
         _check_cron(name, schedule.cron, zone)
     else:
         _check_every(schedule)
+
+
+@functools.cache
+def _time_zones() -> frozenset[str]:
+    """The IANA zones, without those that mean different things on different hosts."""
+    return frozenset(available_timezones() | {"UTC"}) - {"localtime", "Factory", "posixrules"}
 
 
 def _check_cron(name: str, cron: object, zone: ZoneInfo) -> None:

@@ -250,6 +250,15 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _catchup_outlasts_a_failover(self) -> Settings:
+        if self.BEAT_CATCHUP_SECONDS < 2 * self.BEAT_LEASE_SECONDS:
+            raise ValueError(
+                "BEAT_CATCHUP_SECONDS: must be at least twice BEAT_LEASE_SECONDS "
+                f"({2 * self.BEAT_LEASE_SECONDS:g}), or the ticks due during a failover are counted missed"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _backoff_order(self) -> Settings:
         if self.TASK_MIN_BACKOFF_SECONDS > self.TASK_MAX_BACKOFF_SECONDS:
             raise ValueError("TASK_MIN_BACKOFF_SECONDS: must not exceed TASK_MAX_BACKOFF_SECONDS")

@@ -5,7 +5,7 @@ others take over within about BEAT_LEASE_SECONDS if it stops. SIGTERM hands the
 lease over at once. Its stdout is JSON log lines, one per tick sent::
 
     $ greenroom beat
-    ... {"logger": "greenroom.beat", "message": "greenroom beat ready: 1 schedules; lease 5s; ...", ...}
+    ... {"logger": "greenroom.beat", "message": "greenroom beat ready: 1 schedule; lease 5s; ...", ...}
     ... {"logger": "greenroom.beat", "message": "tick sent", "schedule": "heartbeat", ...}
 
 A bad schedule, a module that cannot be imported, or RabbitMQ or Redis refusing the

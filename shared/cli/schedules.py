@@ -24,7 +24,7 @@ from typing import Any
 
 from shared.cli.arguments import add_command
 from shared.cli.output import EXIT_OK, usage_error
-from shared.errors import InvalidSchedule
+from shared.errors import InvalidSchedule, excerpt
 from shared.schedules import Schedule, load_schedules, next_ticks
 from shared.settings import Settings
 from shared.tasks import DuplicateTask, InvalidContract
@@ -59,10 +59,11 @@ def schedules_of(module: str | None, settings: Settings) -> list[Schedule] | str
         if module is not None:
             importlib.import_module(module)
         return load_schedules(settings)
-    except ImportError as error:
-        return f"cannot import module {module!r}: {type(error).__name__}: {error}"
     except (InvalidSchedule, InvalidContract, DuplicateTask) as error:
         return str(error)
+    except Exception as error:  # the module's own error, whatever it is: one line
+        problem = excerpt(" ".join(str(error).split()))
+        return f"cannot import module {module!r}: {type(error).__name__}: {problem}"
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

@@ -9,15 +9,24 @@ processes believe they lead):
 
 - a tick older than BEAT_CATCHUP_SECONDS is not sent: it is counted as missed
   (one WARNING line per schedule and catch-up) and the cursor moves past it;
-- a tick whose publish fails (RabbitMQ down for SEND_RETRY_TIMEOUT_SECONDS) is
-  counted as failed and tried again on the next turn, and the schedule's later
-  ticks wait behind it, until it is sent or falls out of the catch-up window;
+- a tick whose publish fails (RabbitMQ unreachable, or silent, for a quarter of a
+  lease) is counted as failed and tried again after a backoff (1 s, doubling up to
+  30 s), and the schedule's later ticks wait behind it, until it is sent or falls
+  out of the catch-up window; the turn stops at the first failed publish (the other
+  schedules use the same RabbitMQ);
+- a schedule whose state Redis refuses (a damaged key) is started again from now,
+  with a warning, without holding the others up;
 - a sent tick is one INFO line (``tick sent``) with the schedule, its scheduled
   time and the message id, which is derived from the tick
   (:func:`shared.schedules.tick_message_id`).
 
 The leader also reads the results of the ``heartbeat`` ticks it sent: the latest
-one a worker completed is ``greenroom_beat_heartbeat_completed_timestamp_seconds``.
+one a worker completed is ``greenroom_beat_heartbeat_completed_timestamp_seconds``
+(kept in Redis, so the next leader starts from it).
+
+A loop that makes no progress for a whole lease (a publish stuck on a RabbitMQ
+connection that went silent) stops renewing the lease, so another process takes
+over; a second SIGTERM stops the process at once (:mod:`shared.runtime.beat_service`).
 """
 
 from __future__ import annotations
@@ -60,9 +69,36 @@ MAX_WAIT_SECONDS = 1.0
 PENDING_HEARTBEATS = 32
 #: The most missed ticks counted one by one for a cron schedule (more are reported as "more than").
 MAX_COUNTED_TICKS = 100_000
-#: How long a tick another process claimed and left stays its own before this one takes it over:
-#: time for that process, if it still runs, to record a send it made (seconds).
+#: How long a tick another process claimed and left stays its own before this one takes it over,
+#: at least: time for that process, if it still runs, to record a send it made (seconds). With a
+#: longer lease it is half a lease more (a publish gives up within half a lease).
 TAKEOVER_GRACE_SECONDS = 2 * MAX_WAIT_SECONDS + 1.0
+#: Redis errors that mean it takes no writes at all (an outage), not that one schedule's state is
+#: damaged (redis-py's stubs lack OutOfMemoryError).
+REDIS_UNWRITABLE: tuple[type[redis.RedisError], ...] = (
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.NoPermissionError,
+    getattr(redis.exceptions, "OutOfMemoryError", redis.exceptions.ReadOnlyError),
+)
+#: Waits before a schedule whose tick failed to publish tries again: doubling, at most the last.
+RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS = 1.0, 30.0
+
+
+def count_of(count: int, noun: str) -> str:
+    """``"1 schedule"``, ``"3 schedules"``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def publish_budget_seconds(lease_seconds: float) -> float:
+    """How long one publish of a tick may take, retries and confirms included: a quarter of a
+    lease each (a leader cut off from RabbitMQ gives up well before its lease ends)."""
+    return lease_seconds / 4
+
+
+def takeover_grace_seconds(lease_seconds: float) -> float:
+    """TAKEOVER_GRACE_SECONDS, or longer than a publish may take (two budgets and a second)."""
+    return max(TAKEOVER_GRACE_SECONDS, 2 * publish_budget_seconds(lease_seconds) + 1.0)
 
 
 class Beat:
@@ -92,14 +128,16 @@ class Beat:
         self.clock = clock
         self.monotonic = monotonic
         self.catchup_ms = settings.BEAT_CATCHUP_SECONDS * 1000
+        self.takeover_grace = takeover_grace_seconds(settings.BEAT_LEASE_SECONDS)
+        self.confirm_timeout = publish_budget_seconds(settings.BEAT_LEASE_SECONDS)
         self._cursors: dict[str, int] | None = None  # while leading: each schedule's cursor
-        self._unsettled: dict[
-            tuple[str, int], int
-        ] = {}  # sent, not yet recorded: (schedule, tick) -> sent at
+        self._to_start: set[str] = set()  # schedules whose state is read (or reset) again
+        self._retry_at: dict[str, tuple[int, float]] = {}  # schedule -> (wall ms, last wait) after a failure
+        # Ticks sent and not yet recorded in Redis: (schedule, tick) -> sent at (epoch ms).
+        self._unsettled: dict[tuple[str, int], int] = {}
         self._heartbeats: collections.deque[dramatiq.Message[Any]] = collections.deque(
             maxlen=PENDING_HEARTBEATS
         )
-        self._heartbeat_seen = False
         self._left_claims: dict[tuple[str, int, str], float] = {}  # (schedule, tick, holder) -> first seen
         self._wake = threading.Event()
         self._keeper = Periodic(
@@ -108,7 +146,8 @@ class Beat:
             name="greenroom-beat-lease",
         )
         self._redis_failing = False
-        self._announced = False  # "Beat leads" logged since it began to lead
+        self._progress_at = monotonic()  # the loop's last turn or sent tick
+        self._stuck = False
 
     def run(self, stop: threading.Event) -> None:
         """Lead or wait until ``stop`` is set; then hand the lease over at once."""
@@ -116,7 +155,7 @@ class Beat:
         self._keeper.start()
         try:
             while not stop.is_set():
-                self.health.turned()
+                self._progressed()
                 wait = self._turn(stop)
                 self._wake.wait(wait)
                 self._wake.clear()
@@ -129,10 +168,20 @@ class Beat:
         """End the loop's current wait (a stop was asked for)."""
         self._wake.set()
 
+    def release_now(self) -> None:
+        """Give the lease up from a signal handler, whatever the loop is doing (best effort)."""
+        self._release()
+
+    def _progressed(self) -> None:
+        self._progress_at = self.monotonic()
+        self.health.turned()
+
     # The lease (its own thread) ----------------------------------------------------
 
     def _refresh_lease(self) -> None:
         leading_before = self.lease.held()
+        if self._loop_stuck():
+            return  # the lease lapses: another process takes over
         try:
             leads = self.lease.refresh()
         except redis.RedisError as error:
@@ -151,6 +200,19 @@ class Beat:
         self.metrics.leader.set(1 if leads else 0)
         if leads != leading_before:
             self._wake.set()
+
+    def _loop_stuck(self) -> bool:
+        """Whether the loop has made no progress for a whole lease (said once per stall)."""
+        idle = self.monotonic() - self._progress_at
+        stuck = idle > self.settings.BEAT_LEASE_SECONDS
+        if stuck and not self._stuck:
+            logger.error(
+                "The beat loop has made no progress for %.0fs (a publish stuck on RabbitMQ?): "
+                "letting the lease lapse so that another beat process leads", idle,
+            )  # fmt: skip
+            self.metrics.leader.set(0)
+        self._stuck = stuck
+        return stuck
 
     def _release(self) -> None:
         try:
@@ -172,61 +234,88 @@ class Beat:
             for schedule in self.schedules:
                 if stop.is_set() or not self.lease.held():
                     break
-                cursors[schedule.name] = self._send_due(schedule, cursors[schedule.name])
+                if not self._send_due_isolated(schedule, cursors):
+                    break  # a publish failed: RabbitMQ is the same for the others
         except NotLeader:
             self._step_down("another process leads")
-            return MAX_WAIT_SECONDS
-        except redis.ResponseError as error:  # the state in Redis is damaged: read it again
-            logger.warning("Redis refused a beat command (%s); reading the schedules' state again.", error)
-            self._cursors = None
             return MAX_WAIT_SECONDS
         except redis.RedisError as error:
             logger.warning("Beat could not use Redis (%s); trying again.", outage_line(error))
             return MAX_WAIT_SECONDS
         return self._until_next_tick()
 
+    def _send_due_isolated(self, schedule: Schedule, cursors: dict[str, int]) -> bool:
+        """Send the schedule's due ticks; a state Redis refuses for this schedule is read again
+        next turn (reset if damaged). False if a publish failed."""
+        try:
+            if schedule.name in self._to_start:
+                cursors[schedule.name] = self._start(schedule, self._now_ms())
+                self._to_start.discard(schedule.name)
+            cursor, published = self._send_due(schedule, cursors[schedule.name])
+            cursors[schedule.name] = cursor
+            return published
+        except REDIS_UNWRITABLE:
+            raise  # Redis cannot write at all: an outage, not this schedule's state
+        except redis.ResponseError as error:
+            if schedule.name not in self._to_start:
+                logger.warning(
+                    "Redis refused a command for schedule %s (%s); reading its state again",
+                    schedule.name, error, extra={"schedule": schedule.name},
+                )  # fmt: skip
+            self._to_start.add(schedule.name)
+            return True
+
     def _take_up(self) -> dict[str, int]:
         """Begin to lead: read (or start) every schedule's cursor."""
         now_ms = self._now_ms()
-        cursors = {}
-        for schedule in self.schedules:
-            state = self.ledger.start(schedule.name, now_ms)
-            if state.reset:
-                logger.warning(
-                    "The state of schedule %s in Redis was damaged; it starts again from now",
-                    schedule.name, extra={"schedule": schedule.name},
-                )  # fmt: skip
-            cursors[schedule.name] = state.cursor_ms
-            self.metrics.last_sent.labels(schedule=schedule.name).set(state.sent_at_ms / 1000)
-            self.metrics.interval.labels(schedule=schedule.name).set(interval_seconds(schedule, now_ms))
-        if not self._heartbeat_seen:
-            self.metrics.heartbeat_completed.set(now_ms / 1000)
+        cursors = {schedule.name: self._start(schedule, now_ms) for schedule in self.schedules}
+        self._to_start.clear()
+        completed = self.ledger.heartbeat_completed()
+        self.metrics.heartbeat_completed.set((completed if completed is not None else now_ms) / 1000)
         self._cursors = cursors
-        logger.info("Beat leads: %d schedules", len(self.schedules), extra={"holder": self.lease.holder})
+        logger.info(
+            "Beat leads (%s)", count_of(len(self.schedules), "schedule"), extra={"holder": self.lease.holder}
+        )
         return cursors
+
+    def _start(self, schedule: Schedule, now_ms: int) -> int:
+        state = self.ledger.start(schedule.name, now_ms)
+        if state.reset:
+            logger.warning(
+                "The state of schedule %s in Redis was damaged; it starts again from now",
+                schedule.name, extra={"schedule": schedule.name},
+            )  # fmt: skip
+        self.metrics.last_sent.labels(schedule=schedule.name).set(state.sent_at_ms / 1000)
+        self.metrics.interval.labels(schedule=schedule.name).set(interval_seconds(schedule, now_ms))
+        return state.cursor_ms
 
     def _step_down(self, why: str) -> None:
         if self._cursors is None:
             return
         self._cursors = None
-        self._announced = False
-        self._heartbeat_seen = False
+        self._retry_at.clear()
         self._left_claims.clear()
         self.metrics.stopped_leading()
         logger.info("Beat no longer leads (%s)", why, extra={"holder": self.lease.holder})
 
-    def _send_due(self, schedule: Schedule, cursor: int) -> int:
-        """Send the schedule's due ticks after ``cursor`` in order; the new cursor."""
+    def _send_due(self, schedule: Schedule, cursor: int) -> tuple[int, bool]:
+        """Send the schedule's due ticks after ``cursor`` in order; the new cursor, and False
+        if a publish failed."""
         now_ms = self._now_ms()
         cursor = self._skip_missed(schedule, cursor, now_ms - self.catchup_ms)
-        for tick in ticks_after(schedule, cursor):
-            if tick > now_ms or not self.lease.held():
-                break
-            if not self._send_tick(schedule, tick):
-                break  # retried on the next turn; later ticks wait behind it
-            cursor = tick
+        published = True
+        retry = self._retry_at.get(schedule.name)
+        if retry is None or now_ms >= retry[0]:
+            for tick in ticks_after(schedule, cursor):
+                if tick > now_ms or not self.lease.held():
+                    break
+                outcome = self._send_tick(schedule, tick)
+                if outcome != "sent":
+                    published = outcome != "failed"
+                    break  # tried again later; later ticks wait behind it
+                cursor = tick
         self.metrics.next_tick.labels(schedule=schedule.name).set(next(ticks_after(schedule, cursor)) / 1000)
-        return cursor
+        return cursor, published
 
     def _skip_missed(self, schedule: Schedule, cursor: int, oldest_ms: int) -> int:
         """Count the ticks after ``cursor`` scheduled before ``oldest_ms`` as missed; the new cursor."""
@@ -237,30 +326,33 @@ class Beat:
         if before is not None:  # this process moved the cursor: it counts them
             counted, _ = ticks_in(schedule, before, last, most=MAX_COUNTED_TICKS)
             first = iso_utc(next(ticks_after(schedule, before)))
+            capped = schedule.cron is not None and counted >= MAX_COUNTED_TICKS
             self.metrics.ticks.labels(schedule=schedule.name, outcome="missed").inc(counted)
             logger.warning(
                 "%s%d ticks of schedule %s missed (%s to %s): older than BEAT_CATCHUP_SECONDS=%d",
-                "more than " if counted >= MAX_COUNTED_TICKS else "", counted, schedule.name, first,
+                "more than " if capped else "", counted, schedule.name, first,
                 iso_utc(last), self.settings.BEAT_CATCHUP_SECONDS,
                 extra={"schedule": schedule.name, "missed": counted, "first_missed": first,
                        "last_missed": iso_utc(last)},
             )  # fmt: skip
+        self._retry_at.pop(schedule.name, None)
         return last
 
-    def _send_tick(self, schedule: Schedule, tick: int) -> bool:
-        """Claim, publish and record one tick; False if it must be tried again later."""
+    def _send_tick(self, schedule: Schedule, tick: int) -> str:
+        """Claim, publish and record one tick: ``"sent"`` (or settled already), ``"failed"`` (its
+        publish failed), ``"later"`` (wait for another process, or for Redis)."""
         if (schedule.name, tick) in self._unsettled:
-            return False  # sent; recorded once Redis answers (never published twice from here)
+            return "later"  # sent; recorded once Redis answers (never published twice from here)
         status, holder = self.ledger.claim(schedule.name, tick)
         if status != "held":
             self._left_claims = {
                 key: seen for key, seen in self._left_claims.items() if key[:2] != (schedule.name, tick)
             }
         if status == "settled":
-            return True
+            return "sent"
         if status == "held" and holder is not None:
             if not self._may_take_over(schedule.name, tick, holder):
-                return False
+                return "later"
             logger.warning(
                 "Tick %s of schedule %s was claimed by %s, which no longer leads, and not recorded as "
                 "sent: sending it (twice, if that process had handed it to RabbitMQ before it stopped)",
@@ -269,29 +361,37 @@ class Beat:
         try:
             message = tick_message(schedule, tick, self.settings)
         except InvalidSchedule as error:  # its contract changed under it: nothing will ever send it
-            self.metrics.ticks.labels(schedule=schedule.name, outcome="failed").inc()
-            logger.error("Tick %s not sent: %s", iso_utc(tick), error, extra={"schedule": schedule.name})
-            return False
+            self._failed(schedule, tick, f"not sent: {error}")
+            return "failed"
+        self.producer.register_sent([message])
         if not self.lease.held():
-            return False  # paused or cut off since the claim: the next leader sends it
+            return "later"  # paused or cut off since the claim: the next leader sends it
         try:
-            self.producer.register_sent([message])
-            self.producer.publish_confirmed([message], f"tick {message.message_id}")
+            self.producer.publish_confirmed(
+                [message], f"tick {message.message_id}", confirm_timeout=self.confirm_timeout
+            )
         except PublishError as error:
-            self.metrics.ticks.labels(schedule=schedule.name, outcome="failed").inc()
-            logger.warning(
-                "Tick %s of schedule %s not published, trying again: %s",
-                iso_utc(tick), schedule.name, error, extra={"schedule": schedule.name},
-            )  # fmt: skip
-            return False
+            self._failed(schedule, tick, f"not published, trying again: {error}")
+            return "failed"
         self._sent(schedule, tick, message)
-        return True
+        return "sent"
+
+    def _failed(self, schedule: Schedule, tick: int, why: str) -> None:
+        """Count a failed tick and back the schedule off before it tries again."""
+        _, last_wait = self._retry_at.get(schedule.name, (0, 0.0))
+        wait = min(RETRY_MAX_SECONDS, max(RETRY_FIRST_SECONDS, 2 * last_wait))
+        self._retry_at[schedule.name] = (self._now_ms() + round(wait * 1000), wait)
+        self.metrics.ticks.labels(schedule=schedule.name, outcome="failed").inc()
+        logger.warning(
+            "Tick %s of schedule %s %s (next attempt in %gs)", iso_utc(tick), schedule.name, why, wait,
+            extra={"schedule": schedule.name},
+        )  # fmt: skip
 
     def _may_take_over(self, schedule: str, tick: int, holder: str) -> bool:
-        """Take over a tick ``holder`` claimed, once it has left it for TAKEOVER_GRACE_SECONDS."""
+        """Take over a tick ``holder`` claimed, once it has left it for the takeover grace."""
         key = (schedule, tick, holder)
         first_seen = self._left_claims.setdefault(key, self.monotonic())
-        if self.monotonic() - first_seen < TAKEOVER_GRACE_SECONDS:
+        if self.monotonic() - first_seen < self.takeover_grace:
             return False
         del self._left_claims[key]
         return self.ledger.take_over(schedule, tick, holder)
@@ -299,13 +399,13 @@ class Beat:
     def _sent(self, schedule: Schedule, tick: int, message: dramatiq.Message[Any]) -> None:
         sent_at = self._now_ms()
         self._unsettled[(schedule.name, tick)] = sent_at
+        self._settle_unsettled()
+        self._retry_at.pop(schedule.name, None)
+        self._progressed()
         self.metrics.ticks.labels(schedule=schedule.name, outcome="sent").inc()
         self.metrics.lag.labels(schedule=schedule.name).observe(max(0, sent_at - tick) / 1000)
         self.metrics.last_sent.labels(schedule=schedule.name).set(sent_at / 1000)
         self.metrics.interval.labels(schedule=schedule.name).set(interval_seconds(schedule, sent_at))
-        if schedule.name == HEARTBEAT:
-            self._check_heartbeats()
-            self._heartbeats.append(message)
         logger.info(
             "tick sent",
             extra={
@@ -316,7 +416,9 @@ class Beat:
                 "lag_seconds": round((sent_at - tick) / 1000, 3),
             },
         )
-        self._settle_unsettled()
+        if schedule.name == HEARTBEAT:
+            self._check_heartbeats()
+            self._heartbeats.append(message)
 
     def _settle_unsettled(self) -> None:
         """Record the sent ticks in Redis (those sent while it could not be reached too)."""
@@ -342,8 +444,9 @@ class Beat:
                 return
             except Exception:  # noqa: S110 - a stored failure or an unreadable value: it arrived
                 pass
-            self._heartbeat_seen = True
-            self.metrics.heartbeat_completed.set(message.options[SCHEDULE_OPTION]["at"] / 1000)
+            at_ms = message.options[SCHEDULE_OPTION]["at"]
+            self.metrics.heartbeat_completed.set(at_ms / 1000)
+            self.ledger.record_heartbeat_completed(at_ms)
             for _ in range(index + 1):
                 self._heartbeats.popleft()
             return
@@ -352,10 +455,13 @@ class Beat:
         if self._cursors is None:
             return MAX_WAIT_SECONDS
         now_ms = self._now_ms()
-        soonest = min(
-            (next(ticks_after(s, self._cursors[s.name])) for s in self.schedules), default=now_ms + 60_000
-        )
+        soonest = min((self._due(s, self._cursors[s.name]) for s in self.schedules), default=now_ms + 60_000)
         return max(0.0, min(MAX_WAIT_SECONDS, (soonest - now_ms) / 1000))
+
+    def _due(self, schedule: Schedule, cursor: int) -> int:
+        """When the schedule next has something to do: its next tick, or its retry after a failure."""
+        retry_at, _ = self._retry_at.get(schedule.name, (0, 0.0))
+        return max(next(ticks_after(schedule, cursor)), retry_at)
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)

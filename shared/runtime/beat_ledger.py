@@ -43,16 +43,30 @@ MAX_CURSOR_AHEAD_MS = 3_600_000
 
 _LEADS = "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'not-leader'} end\n"
 
+#: A cursor or time the scripts accept from Redis: whole milliseconds since the epoch.
+_VALID = """
+local function valid(value, ahead)
+  return value and string.match(value, '^%d+$') and #value <= 15 and tonumber(value) <= tonumber(ahead)
+end
+local function cursor_of(key, ahead)
+  local kind = redis.call('TYPE', key)['ok']
+  if kind == 'none' then return -1 end
+  local cursor = kind == 'hash' and redis.call('HGET', key, 'cursor') or false
+  if not valid(cursor, ahead) then return redis.error_reply('DAMAGED greenroom beat state ' .. key) end
+  return tonumber(cursor)
+end
+"""
+
 _START = (
     _LEADS
+    + _VALID
     + """
 local kind = redis.call('TYPE', KEYS[2])['ok']
 local cursor, sent_at = false, false
 if kind == 'hash' then
   cursor, sent_at = redis.call('HGET', KEYS[2], 'cursor'), redis.call('HGET', KEYS[2], 'sent_at')
 end
-local valid = tonumber(cursor) and tonumber(sent_at) and tonumber(cursor) <= tonumber(ARGV[4])
-if valid then return {'cursor', cursor, sent_at} end
+if valid(cursor, ARGV[4]) and valid(sent_at, ARGV[4]) then return {'cursor', cursor, sent_at} end
 local state = 'new'
 if kind ~= 'none' then state = 'reset' end
 redis.call('DEL', KEYS[2])
@@ -63,9 +77,12 @@ return {state, ARGV[2], ARGV[2]}
 )
 _CLAIM = (
     _LEADS
+    + _VALID
     + """
-local cursor = tonumber(redis.call('HGET', KEYS[2], 'cursor') or '-1')
+local cursor = cursor_of(KEYS[2], ARGV[4])
+if type(cursor) == 'table' then return cursor end
 if cursor >= tonumber(ARGV[2]) then return {'settled'} end
+if redis.call('TYPE', KEYS[3])['ok'] ~= 'string' then redis.call('DEL', KEYS[3]) end
 local holder = redis.call('GET', KEYS[3])
 if not holder then
   redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[3])
@@ -97,14 +114,32 @@ return 'sent'
 """
 _SKIP_TO = (
     _LEADS
+    + _VALID
     + """
-local cursor = tonumber(redis.call('HGET', KEYS[2], 'cursor') or '-1')
-if cursor >= tonumber(ARGV[2]) then return {'settled', tostring(cursor)} end
+local cursor = cursor_of(KEYS[2], ARGV[4])
+if type(cursor) == 'table' then return cursor end
+if cursor >= tonumber(ARGV[2]) then return {'settled'} end
+local before = redis.call('HGET', KEYS[2], 'cursor') or '-1'
 redis.call('HSET', KEYS[2], 'cursor', ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
-return {'skipped', tostring(cursor)}
+return {'skipped', before}
 """
 )
+_RECORD_HEARTBEAT = """
+local known = redis.call('GET', KEYS[1])
+if known and string.match(known, '^%d+$') and tonumber(known) >= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+
+#: The scheduled time of the latest heartbeat a worker completed (epoch ms), for the next leader.
+HEARTBEAT_COMPLETED_KEY = "greenroom-beat:heartbeat-completed"
+
+
+def _ahead(now_ms: int) -> int:
+    """The latest cursor the scripts accept around ``now_ms``."""
+    return now_ms + MAX_CURSOR_AHEAD_MS
 
 
 def schedule_key(schedule: str) -> str:
@@ -140,6 +175,8 @@ class TickLedger:
         self._take_over = client.register_script(_TAKE_OVER)
         self._settle_sent = client.register_script(_SETTLE_SENT)
         self._skip_to = client.register_script(_SKIP_TO)
+        self._record_heartbeat = client.register_script(_RECORD_HEARTBEAT)
+        self._client = client
 
     def start(self, schedule: str, now_ms: int) -> ScheduleState:
         """The schedule's state; for a schedule seen for the first time, its cursor is ``now_ms``
@@ -152,7 +189,7 @@ class TickLedger:
             )
         )
         return ScheduleState(
-            cursor_ms=int(float(reply[1])), sent_at_ms=int(float(reply[2])), reset=_text(reply[0]) == "reset"
+            cursor_ms=int(reply[1]), sent_at_ms=int(reply[2]), reset=_text(reply[0]) == "reset"
         )
 
     def claim(self, schedule: str, at_ms: int) -> tuple[str, str | None]:
@@ -161,7 +198,7 @@ class TickLedger:
         reply = self._leading(
             self._claim(
                 keys=[LEASE_KEY, schedule_key(schedule), claim_key(schedule, at_ms)],
-                args=[self.holder, at_ms, self.claim_ttl_ms],
+                args=[self.holder, at_ms, self.claim_ttl_ms, _ahead(at_ms)],
             )
         )
         return _text(reply[0]), _text(reply[1]) if len(reply) > 1 else None
@@ -190,10 +227,21 @@ class TickLedger:
         None if it was there already (another process counted them)."""
         reply = self._leading(
             self._skip_to(
-                keys=[LEASE_KEY, schedule_key(schedule)], args=[self.holder, at_ms, self.state_ttl_ms]
+                keys=[LEASE_KEY, schedule_key(schedule)],
+                args=[self.holder, at_ms, self.state_ttl_ms, _ahead(at_ms)],
             )
         )
         return int(reply[1]) if _text(reply[0]) == "skipped" else None
+
+    def heartbeat_completed(self) -> int | None:
+        """The scheduled time (epoch ms) of the latest heartbeat a worker completed, if known."""
+        value = self._client.get(HEARTBEAT_COMPLETED_KEY)
+        text = _text(value) if value is not None else ""
+        return int(text) if text.isdigit() and len(text) <= 15 else None
+
+    def record_heartbeat_completed(self, at_ms: int) -> None:
+        """Remember that the heartbeat of ``at_ms`` completed (unless a later one is known)."""
+        self._record_heartbeat(keys=[HEARTBEAT_COMPLETED_KEY], args=[at_ms, self.state_ttl_ms])
 
     @staticmethod
     def _leading(reply: Any) -> Any:

@@ -23,9 +23,9 @@ import redis
 from observability.beat_metrics import BeatHealth, BeatMetrics
 from observability.exposition import ExpositionServer, make_server
 from shared import __version__
-from shared.cli.output import EXIT_OK, usage_error
+from shared.cli.output import EXIT_FAILED, EXIT_OK, usage_error
 from shared.producer import Producer
-from shared.runtime.beat import Beat
+from shared.runtime.beat import Beat, count_of, publish_budget_seconds
 from shared.runtime.beat_lease import Lease
 from shared.runtime.beat_ledger import TickLedger
 from shared.schedules import Schedule
@@ -44,10 +44,10 @@ def holder_id() -> str:
 
 
 def beat_settings(settings: Settings) -> Settings:
-    """The settings the beat publishes with: one publish attempt retries for half a lease at
-    most, so a process that lost its lease meanwhile stops retrying soon (the next turn
-    tries again, after checking the lease)."""
-    retry = min(settings.SEND_RETRY_TIMEOUT_SECONDS, settings.BEAT_LEASE_SECONDS / 2)
+    """The settings the beat publishes with: one publish retries for a quarter of a lease at
+    most (:func:`shared.runtime.beat.publish_budget_seconds`), so a process that lost its
+    lease meanwhile stops soon (the next attempt checks the lease first)."""
+    retry = min(settings.SEND_RETRY_TIMEOUT_SECONDS, publish_budget_seconds(settings.BEAT_LEASE_SECONDS))
     return settings.model_copy(
         update={"SEND_RETRY_TIMEOUT_SECONDS": retry, "PROCESS_TYPE": settings.PROCESS_TYPE or "beat"}
     )
@@ -57,6 +57,9 @@ def run_beat(settings: Settings, schedules: Sequence[Schedule]) -> int:
     """Run the beat until SIGTERM; its exit code."""
     settings = beat_settings(settings)
     metrics, health = BeatMetrics(version=__version__), BeatHealth()
+    # pika logs each failed connection attempt (several lines, a traceback) at ERROR: the
+    # beat's own line per failed tick says it once.
+    logging.getLogger("pika").setLevel(max(logging.CRITICAL, logging.getLogger("pika").level))
     try:
         server = make_server(settings.METRICS_HOST, settings.metrics_port, metrics.registry, health)
     except OSError as error:
@@ -81,8 +84,8 @@ def run_beat(settings: Settings, schedules: Sequence[Schedule]) -> int:
     serving = threading.Thread(target=server.serve_forever, name="greenroom-exposition-accept", daemon=True)
     serving.start()
     logger.info(
-        "greenroom beat ready: %d schedules; lease %gs; metrics %s",
-        len(schedules), settings.BEAT_LEASE_SECONDS, f"http://{settings.METRICS_HOST}:{settings.metrics_port}/metrics",
+        "greenroom beat ready: %s; lease %gs; metrics %s",
+        count_of(len(schedules), "schedule"), settings.BEAT_LEASE_SECONDS, f"http://{settings.METRICS_HOST}:{settings.metrics_port}/metrics",
         extra={"schedules": [s.name for s in schedules], "holder": holder},
     )  # fmt: skip
     try:
@@ -94,7 +97,15 @@ def run_beat(settings: Settings, schedules: Sequence[Schedule]) -> int:
 
 
 def _stop_on_signals(stop: threading.Event, beat: Beat, health: BeatHealth) -> None:
+    """SIGTERM or SIGINT: stop after the current step, handing the lease over. A second one: give
+    the lease up and exit at once (exit 1), whatever the loop is doing (a publish stuck on a
+    silent RabbitMQ)."""
+
     def handler(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            logger.warning("greenroom beat stopping now (a second %s)", signal.Signals(signum).name)
+            beat.release_now()
+            os._exit(EXIT_FAILED)
         stop.set()
         health.stopping.set()
         beat.wake()

@@ -14,6 +14,7 @@ shared.runtime.rejections.MessageRejected: options.max_retries: is the task's po
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -39,6 +40,9 @@ MAX_CARRIER_ENTRIES = 8
 MAX_CARRIER_KEY_CHARS = 64
 MAX_CARRIER_VALUE_CHARS = 8192
 TRACE_CONTEXT_OPTION = "greenroom_trace_context"
+
+#: A schedule's name, as ``shared.schedules`` declares them.
+SCHEDULE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 QueueOfActor = Callable[[str], "str | None"]
 
@@ -153,8 +157,8 @@ def _schedule(name: str, value: Any, _queue_of_actor: QueueOfActor, now_ms: int)
     field = f"options.{name}"
     if not isinstance(value, dict) or set(value) != {"name", "at"}:
         raise MessageRejected(field, 'must be an object with "name" and "at"')
-    if not isinstance(value["name"], str) or not 1 <= len(value["name"]) <= MAX_KEY_CHARS:
-        raise MessageRejected(f"{field}.name", f"must be a string of 1 to {MAX_KEY_CHARS} chars")
+    if not isinstance(value["name"], str) or not SCHEDULE_NAME.fullmatch(value["name"]):
+        raise MessageRejected(f"{field}.name", "must be a schedule name (1 to 64 of A-Z a-z 0-9 _ . -)")
     _recent(f"{name}.at", value["at"], _queue_of_actor, now_ms)
 
 

@@ -112,6 +112,21 @@ CASES = [
     Case("on_success names no actor", "default", _options(on_success="no.such"), "options.on_success"),
     Case("pipe_target a string", "default", _options(pipe_target="x"), "options.pipe_target"),
     Case(
+        "a tick's schedule a list", "default", _options(greenroom_schedule=[1]), "options.greenroom_schedule"
+    ),
+    Case(
+        "a tick's schedule name with a newline",
+        "default",
+        _options(greenroom_schedule={"name": "a\nb", "at": NOW_MS}),
+        "options.greenroom_schedule.name",
+    ),
+    Case(
+        "a tick's time a century ahead",
+        "default",
+        _options(greenroom_schedule={"name": "heartbeat", "at": NOW_MS + 36_500 * DAY_MS}),
+        "options.greenroom_schedule.at",
+    ),
+    Case(
         "pipe_target routed to the wrong queue",
         "default",
         _options(pipe_target=_fields(queue="default", actor="reports.build")),

@@ -47,7 +47,8 @@ BAD_MODULES = {
     "bad_zone": (
         'Schedule(name="tests.bad-zone", task="echo", kwargs={"payload": 1}, cron="0 3 * * *",'
         ' timezone="Mars/Base")',
-        "greenroom: error: schedule 'tests.bad-zone': timezone 'Mars/Base' is not an IANA time zone",
+        "greenroom: error: schedule 'tests.bad-zone': timezone 'Mars/Base' is not an IANA time zone "
+        "(e.g. Europe/Berlin)",
     ),
     "bad_arguments": (
         'Schedule(name="tests.bad-arguments", task="reports.build", kwargs={"rows": 5}, every=60)',
@@ -62,6 +63,10 @@ BAD_MODULES = {
     "heartbeat_clash": (
         'Schedule(name="heartbeat", task="echo", kwargs={"payload": 1}, every=60)',
         "greenroom: error: schedule 'heartbeat': the name is taken by the heartbeat (BEAT_HEARTBEAT_SECONDS)",
+    ),
+    "raises_at_import": (
+        'raise RuntimeError("no config\\nfor you")',
+        "greenroom: error: cannot import module 'raises_at_import': RuntimeError: no config for you",
     ),
     "declared_twice": (
         'Schedule(name="tests.twice", task="echo", kwargs={"payload": 1}, every=60)\n'

@@ -385,9 +385,9 @@ def test_two_beats_send_each_tick_once_across_a_hand_over(
     sent = [r for r in caplog.records if r.getMessage() == "tick sent"]
     assert [getattr(r, "message_id", None) for r in sent] == ids(*(T0 + n * 10_000 for n in (1, 2, 3, 4)))
     assert [r.getMessage() for r in caplog.records if "leads" in r.getMessage()] == [
-        "Beat leads: 1 schedules",
+        "Beat leads (1 schedule)",
         "Beat no longer leads (shutting down)",
-        "Beat leads: 1 schedules",
+        "Beat leads (1 schedule)",
     ]
 
 
@@ -518,18 +518,25 @@ def test_a_tick_whose_publish_fails_is_counted_failed_and_sent_on_a_later_turn(
         beat.beat.producer = away
         wall.advance(25)  # two ticks due
 
-        # When it turns twice
+        # When it turns: the first tick fails, and the schedule backs off for a second
         beat.turn()
+        assert beat.ticks("failed") == 1.0
+        beat.turn()
+        assert beat.ticks("failed") == 1.0, "no attempt before the backoff is over"
+        wall.advance(1.0)
         beat.turn()
     finally:
         beat.beat.producer = producer
         away.close()
 
-    # Then the first tick failed on each turn and the second waited behind it
+    # Then the first tick failed on each attempt and the second waited behind it
     assert (beat.ticks("failed"), beat.ticks("sent")) == (2.0, 0.0)
     assert published_ids(rabbitmq_url) == []
 
-    # When RabbitMQ can be reached again: both are sent, in order
+    # When RabbitMQ can be reached again, after the doubled wait: both are sent, in order
+    beat.turn()
+    assert published_ids(rabbitmq_url) == []
+    wall.advance(2.0)
     beat.turn()
     assert published_ids(rabbitmq_url) == ids(T0 + 10_000, T0 + 20_000)
     assert beat.ticks("sent") == 2.0

@@ -285,6 +285,8 @@ BAD_DECLARATIONS: list[tuple[str, dict[str, Any], str]] = [
     ("unknown time zone", {"cron": "* * * * *", "timezone": "Mars/Olympus"}, "'Mars/Olympus' is not an IANA"),
     ("time zone a path", {"cron": "* * * * *", "timezone": "../etc/passwd"}, "is not an IANA time zone"),
     ("empty time zone", {"cron": "* * * * *", "timezone": ""}, "is not an IANA time zone"),
+    ("the host's zone", {"cron": "* * * * *", "timezone": "localtime"}, "is not an IANA time zone"),
+    ("Factory", {"cron": "* * * * *", "timezone": "Factory"}, "is not an IANA time zone"),
     ("cron and every", {"cron": "* * * * *", "every": 60}, "give cron or every, one of them"),
     ("neither", {}, "give cron or every, one of them"),
     ("every 0", {"every": 0}, "every must be whole seconds from 1 to 31622400, not 0"),

@@ -99,6 +99,14 @@ def test_min_backoff_above_max_is_refused(clean_env: Path) -> None:
         load_settings(TASK_MIN_BACKOFF_SECONDS=10, TASK_MAX_BACKOFF_SECONDS=5)
 
 
+def test_the_beat_catch_up_window_must_outlast_a_failover(clean_env: Path) -> None:
+    with pytest.raises(
+        SettingsError, match=r"BEAT_CATCHUP_SECONDS: must be at least twice BEAT_LEASE_SECONDS \(20\)"
+    ):
+        load_settings(BEAT_CATCHUP_SECONDS=15, BEAT_LEASE_SECONDS=10)
+    assert load_settings(BEAT_CATCHUP_SECONDS=20, BEAT_LEASE_SECONDS=10).BEAT_CATCHUP_SECONDS == 20
+
+
 @pytest.mark.parametrize(
     "url",
     [
