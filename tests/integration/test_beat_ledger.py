@@ -30,7 +30,7 @@ from shared.runtime.beat_ledger import (
 )
 from shared.schedules import Schedule, heartbeat_schedule, tick_message_id
 from shared.settings import Settings, load_settings
-from tests.support import forget_beat_state, take_all
+from tests.support import forget_beat_state, take_all, wait_for
 
 #: An epoch-ms moment on a whole minute (2026-12-02T00:00:00Z): ticks of 10 s fall on multiples of it.
 T0 = 1_796_169_600_000
@@ -576,3 +576,87 @@ def test_the_heartbeat_gauge_follows_the_latest_heartbeat_a_worker_completed(
     wall.advance(10)
     beat.turn()
     assert completed() == (T0 + 20_000) / 1000
+
+
+@pytest.mark.parametrize("value", ["garbage", "0x10", "-inf", "-1e300", "1e400", "12.5", "-1", ""])
+def test_a_damaged_cursor_is_reset_with_a_warning_and_never_crashes_the_loop(
+    beat_process: StartProcess,
+    client: redis.Redis[bytes],
+    rabbitmq_url: str,
+    caplog: pytest.LogCaptureFixture,
+    value: str,
+) -> None:
+    # Given a schedule whose cursor in Redis is not whole milliseconds
+    client.hset(schedule_key(SCHEDULE), mapping={"cursor": value, "sent_at": str(T0)})
+    wall = FakeClock(T0 / 1000 + 1)
+    beat = beat_process("a", wall)
+
+    # When a beat takes it up and time passes
+    with caplog.at_level(logging.WARNING, logger="greenroom.beat"):
+        beat.turn()
+        wall.advance(10)
+        beat.turn()
+
+    # Then the state was reset to the start, with one warning, and the next tick went out
+    assert [r.getMessage() for r in caplog.records] == [
+        f"The state of schedule {SCHEDULE} in Redis was damaged; it starts again from now"
+    ]
+    assert published_ids(rabbitmq_url) == ids(T0 + 10_000)
+
+
+def test_a_schedule_whose_state_breaks_while_leading_holds_up_no_other(
+    beat_process: StartProcess,
+    client: redis.Redis[bytes],
+    rabbitmq_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given a leader of two schedules
+    other = Schedule(name="tests.other", task="echo", kwargs={"payload": "o"}, every=10, declared=False)
+    wall = FakeClock(T0 / 1000 + 1)
+    beat = beat_process("a", wall, [every_ten(), other])
+    beat.turn()
+
+    # When the first schedule's state is damaged, and its next tick's claim is a key of another type
+    client.hset(schedule_key(SCHEDULE), "cursor", "-1e300")
+    client.hset(claim_key(SCHEDULE, T0 + 10_000), "x", "y")
+    wall.advance(10)
+    with caplog.at_level(logging.WARNING, logger="greenroom.beat"):
+        beat.turn()
+        beat.turn()
+        wall.advance(10)
+        beat.turn()
+
+    # Then the other schedule's ticks went out at once, the first was read again (reset from
+    # now: its damaged state lost the tick it was at), and each said so once
+    published = published_ids(rabbitmq_url)
+    assert [i for i in published if "tests.other" in i] == [
+        tick_message_id("tests.other", T0 + 10_000),
+        tick_message_id("tests.other", T0 + 20_000),
+    ]
+    assert [i for i in published if SCHEDULE + ":" in i] == ids(T0 + 20_000)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len([w for w in warnings if w.startswith(f"Redis refused a command for schedule {SCHEDULE}")]) == 1
+    assert warnings[-1] == f"The state of schedule {SCHEDULE} in Redis was damaged; it starts again from now"
+
+
+def test_a_loop_that_makes_no_progress_for_a_lease_lets_the_lease_lapse(
+    beat_process: StartProcess, client: redis.Redis[bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a leader, with a lease of 1 s (Redis expires it in real time)
+    wall = FakeClock(T0 / 1000 + 1)
+    a, b = beat_process("a", wall, BEAT_LEASE_SECONDS=1.0), beat_process("b", wall, BEAT_LEASE_SECONDS=1.0)
+    a.turn()
+    assert a.leader() == 1.0
+
+    # When its loop makes no progress for longer than a lease (a publish stuck), while the lease
+    # thread goes on
+    with caplog.at_level(logging.ERROR, logger="greenroom.beat"):
+        for _ in range(6):
+            a.monotonic.advance(0.25)
+            a.beat._refresh_lease()
+
+    # Then it stopped renewing (one ERROR line), and the other process takes the lease over
+    assert a.leader() == 0.0
+    [stalled] = [r.getMessage() for r in caplog.records]
+    assert stalled.startswith("The beat loop has made no progress for 1s")
+    wait_for(lambda: b.turn() or b.leader() == 1.0, 5, "the other process to take the lease over")
