@@ -31,6 +31,12 @@ def register(commands: Any) -> None:
         "Send the schedules' periodic tasks, each tick once; run two or more (one leads).",
         "greenroom beat",
     )
+    beat.epilog = (
+        f"{beat.epilog}\n\nsettings (docs/schedules.md):\n"
+        "  BEAT_HEARTBEAT_SECONDS  the heartbeat's interval (default 60; 0: none)\n"
+        "  BEAT_LEASE_SECONDS      the leader's lease; failover within about one (default 5)\n"
+        "  BEAT_CATCHUP_SECONDS    late ticks up to this old are sent, older ones missed (default 300)"
+    )
     add_module_argument(beat)
     beat.set_defaults(run=run, logs_to_stdout=True)
 

@@ -42,6 +42,7 @@ def register(commands: Any) -> None:
     )
     add_module_argument(schedules)
     schedules.add_argument("--json", action="store_true", help="print a JSON array instead of text")
+    schedules.epilog = f"{schedules.epilog}\n\nschedules are declared with the contracts (docs/schedules.md)"
     schedules.set_defaults(run=run)
 
 
@@ -76,10 +77,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps(listed, indent=2))
         return EXIT_OK
+    if not listed:
+        print("no schedules (BEAT_HEARTBEAT_SECONDS=0 and none declared)")
     for entry in listed:
         print(f"{entry['name']}  {entry['task']}  {entry['when']}")
         if entry["description"]:
             print(f"  {entry['description']}")
+        if entry["kwargs"]:
+            print(f"  kwargs: {excerpt(json.dumps(entry['kwargs']), 200)}")
         print(f"  next: {', '.join(entry['next'])}")
     return EXIT_OK
 

@@ -32,10 +32,13 @@ over; a second SIGTERM stops the process at once (:mod:`shared.runtime.beat_serv
 from __future__ import annotations
 
 import collections
+import hashlib
+import json
 import logging
+import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import dramatiq
@@ -45,10 +48,10 @@ from dramatiq.results import ResultMissing
 from observability.beat_metrics import BeatHealth, BeatMetrics
 from observability.messaging_spans import SCHEDULE_OPTION
 from observability.periodic import Periodic
-from shared.errors import InvalidSchedule, PublishError
+from shared.errors import InvalidSchedule, PublishError, excerpt
 from shared.producer import Producer
 from shared.runtime.beat_lease import Lease
-from shared.runtime.beat_ledger import NotLeader, TickLedger
+from shared.runtime.beat_ledger import MAX_SCHEDULES_CHARS, NotLeader, TickLedger
 from shared.schedules import (
     HEARTBEAT,
     Schedule,
@@ -73,6 +76,8 @@ MAX_COUNTED_TICKS = 100_000
 #: at least: time for that process, if it still runs, to record a send it made (seconds). With a
 #: longer lease it is half a lease more (a publish gives up within half a lease).
 TAKEOVER_GRACE_SECONDS = 2 * MAX_WAIT_SECONDS + 1.0
+#: How often a follower compares its schedules with the leader's, in seconds.
+COMPARE_SECONDS = 10.0
 #: Redis errors that mean it takes no writes at all (an outage), not that one schedule's state is
 #: damaged (redis-py's stubs lack OutOfMemoryError).
 REDIS_UNWRITABLE: tuple[type[redis.RedisError], ...] = (
@@ -83,6 +88,21 @@ REDIS_UNWRITABLE: tuple[type[redis.RedisError], ...] = (
 )
 #: Waits before a schedule whose tick failed to publish tries again: doubling, at most the last.
 RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS = 1.0, 30.0
+
+
+def schedule_set(schedules: Sequence[Schedule]) -> str:
+    """What a beat process sends, in a line two processes can compare (arguments as a digest,
+    never their values): ``heartbeat=echo every 60s args:44136fa3; ...``."""
+    entries = "; ".join(
+        f"{s.name}={s.task} {s.when} args:{_digest(s.kwargs)}"
+        for s in sorted(schedules, key=lambda s: s.name)
+    )
+    return entries[:MAX_SCHEDULES_CHARS]
+
+
+def _digest(kwargs: Mapping[str, Any]) -> str:
+    text = json.dumps(dict(kwargs), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def count_of(count: int, noun: str) -> str:
@@ -145,6 +165,9 @@ class Beat:
             interval=min(0.5, settings.BEAT_LEASE_SECONDS / 4),
             name="greenroom-beat-lease",
         )
+        self.schedule_set = schedule_set(self.schedules)
+        self._compared_at = -math.inf  # when a follower last compared its schedules with the leader's
+        self._differs_from: str | None = None  # the leader's schedule set this one was said to differ from
         self._redis_failing = False
         self._progress_at = monotonic()  # the loop's last turn or sent tick
         self._stuck = False
@@ -207,8 +230,9 @@ class Beat:
         stuck = idle > self.settings.BEAT_LEASE_SECONDS
         if stuck and not self._stuck:
             logger.error(
-                "The beat loop has made no progress for %.0fs (a publish stuck on RabbitMQ?): "
-                "letting the lease lapse so that another beat process leads", idle,
+                "The beat loop has made no progress for %.0fs (a publish stuck on RabbitMQ?): it "
+                "neither renews nor takes the lease until it does, so that another beat process leads",
+                idle,
             )  # fmt: skip
             self.metrics.leader.set(0)
         self._stuck = stuck
@@ -229,6 +253,7 @@ class Beat:
             self._settle_unsettled()  # leading or not: RabbitMQ has these ticks
             if not self.lease.held():
                 self._step_down("lost its lease")
+                self._compare_schedules()
                 return MAX_WAIT_SECONDS
             cursors = self._cursors if self._cursors is not None else self._take_up()
             for schedule in self.schedules:
@@ -265,11 +290,28 @@ class Beat:
             self._to_start.add(schedule.name)
             return True
 
+    def _compare_schedules(self) -> None:
+        """As a follower, every COMPARE_SECONDS: warn once if the leader sends other schedules."""
+        now = self.monotonic()
+        if now - self._compared_at < COMPARE_SECONDS:
+            return
+        self._compared_at = now
+        leaders = self.ledger.leaders_schedules()
+        if leaders is None or leaders == self.schedule_set or leaders == self._differs_from:
+            return
+        self._differs_from = leaders
+        logger.warning(
+            "The leading beat process sends other schedules than this one would (leader: %s; this "
+            "process: %s): run the same code and BEAT_HEARTBEAT_SECONDS on every beat",
+            excerpt(leaders, 400), excerpt(self.schedule_set, 400),
+        )  # fmt: skip
+
     def _take_up(self) -> dict[str, int]:
         """Begin to lead: read (or start) every schedule's cursor."""
         now_ms = self._now_ms()
         cursors = {schedule.name: self._start(schedule, now_ms) for schedule in self.schedules}
         self._to_start.clear()
+        self.ledger.publish_schedules(self.schedule_set)
         completed = self.ledger.heartbeat_completed()
         self.metrics.heartbeat_completed.set((completed if completed is not None else now_ms) / 1000)
         self._cursors = cursors

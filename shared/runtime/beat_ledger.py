@@ -37,6 +37,8 @@ from shared.runtime.beat_lease import LEASE_KEY
 STATE_TTL_SECONDS = 400 * 86400
 #: How long a claim outlives the catch-up window, in seconds.
 CLAIM_MARGIN_SECONDS = 60
+#: The longest record of the leader's schedules (``schedule_set`` cuts longer ones).
+MAX_SCHEDULES_CHARS = 10_000
 #: How far ahead of this process's clock a cursor may lie (another host's clock) before it is
 #: taken for damage and reset.
 MAX_CURSOR_AHEAD_MS = 3_600_000
@@ -133,6 +135,8 @@ return 1
 """
 
 
+#: The schedules the leader sends (:func:`shared.runtime.beat.schedule_set`), for followers to compare.
+SCHEDULES_KEY = "greenroom-beat:schedules"
 #: The scheduled time of the latest heartbeat a worker completed (epoch ms), for the next leader.
 HEARTBEAT_COMPLETED_KEY = "greenroom-beat:heartbeat-completed"
 
@@ -232,6 +236,15 @@ class TickLedger:
             )
         )
         return int(reply[1]) if _text(reply[0]) == "skipped" else None
+
+    def publish_schedules(self, schedules: str) -> None:
+        """Record what the leader sends (``schedules``: a line from ``schedule_set``)."""
+        self._client.set(SCHEDULES_KEY, schedules, px=self.state_ttl_ms)
+
+    def leaders_schedules(self) -> str | None:
+        """What the leader said it sends, if it did."""
+        value = self._client.get(SCHEDULES_KEY)
+        return None if value is None else _text(value)
 
     def heartbeat_completed(self) -> int | None:
         """The scheduled time (epoch ms) of the latest heartbeat a worker completed, if known."""

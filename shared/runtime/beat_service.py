@@ -88,6 +88,8 @@ def run_beat(settings: Settings, schedules: Sequence[Schedule]) -> int:
         count_of(len(schedules), "schedule"), settings.BEAT_LEASE_SECONDS, f"http://{settings.METRICS_HOST}:{settings.metrics_port}/metrics",
         extra={"schedules": [s.name for s in schedules], "holder": holder},
     )  # fmt: skip
+    if not schedules:
+        logger.warning("greenroom beat has no schedules (BEAT_HEARTBEAT_SECONDS=0 and none declared)")
     try:
         beat.run(stop)
     finally:

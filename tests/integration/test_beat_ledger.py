@@ -301,6 +301,7 @@ class Process:
 
     def turn(self) -> None:
         """What the lease thread and the loop do once."""
+        self.beat._progressed()
         self.beat._refresh_lease()
         self.beat._turn(threading.Event())
 
@@ -660,3 +661,25 @@ def test_a_loop_that_makes_no_progress_for_a_lease_lets_the_lease_lapse(
     [stalled] = [r.getMessage() for r in caplog.records]
     assert stalled.startswith("The beat loop has made no progress for 1s")
     wait_for(lambda: b.turn() or b.leader() == 1.0, 5, "the other process to take the lease over")
+
+
+def test_a_follower_whose_schedules_differ_from_the_leaders_says_so_once(
+    beat_process: StartProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a leader of one schedule, and a follower with another one too
+    other = Schedule(name="tests.other", task="echo", kwargs={"token": "s3cret"}, every=10, declared=False)
+    wall = FakeClock(T0 / 1000 + 1)
+    a, b = beat_process("a", wall), beat_process("b", wall, [every_ten(), other])
+    a.turn()
+
+    # When the follower turns, again and again
+    with caplog.at_level(logging.WARNING, logger="greenroom.beat"):
+        for _ in range(3):
+            b.monotonic.advance(20)
+            b.turn()
+
+    # Then it warned once, naming both sets, never an argument's value
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert warning.startswith("The leading beat process sends other schedules than this one would")
+    assert "tests.other=echo every 10s args:" in warning
+    assert "s3cret" not in warning
