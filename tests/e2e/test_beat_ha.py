@@ -131,7 +131,7 @@ def test_ticks_are_caught_up_once_after_redis_is_down_for_a_few_seconds(
 
 def test_sigterm_hands_the_lease_over_at_once(start_beat: Callable[..., Beat]) -> None:
     # Given two beats with a 30-second lease (a take-over on expiry would take 30 s)
-    beats = [start_beat({"BEAT_LEASE_SECONDS": "30"}) for _ in range(2)]
+    beats = [start_beat({"BEAT_LEASE_SECONDS": "30", "BEAT_CATCHUP_SECONDS": "60"}) for _ in range(2)]
     leader = the_leader(beats)
     follower = next(beat for beat in beats if beat is not leader)
 
