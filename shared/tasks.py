@@ -205,6 +205,11 @@ class DeclarationTable(Mapping[str, DeclaredT]):
                 raise self.duplicate(self._declarations[name], declaration)
             self._declarations[name] = declaration
 
+    def forget(self, name: str) -> None:
+        """Remove the declaration called ``name``, if there is one (a test's own, once it ran)."""
+        with self._lock:
+            self._declarations.pop(name, None)
+
     def duplicate(self, existing: DeclaredT, new: DeclaredT) -> Exception:
         """The error for declaring ``new`` with the name ``existing`` has."""
         return ValueError(f"{new.name!r} is declared twice")

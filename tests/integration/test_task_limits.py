@@ -38,7 +38,7 @@ def contract() -> Iterator[TaskContract]:
         time_limit_seconds=0.2,
     )
     yield declared
-    TASKS._contracts.pop(name, None)  # a test's own contract, not left for others
+    TASKS.forget(name)  # a test's own contract, not left for others
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ class NoArguments(TaskArguments):
 def _contract(**policy: object) -> TaskContract:
     name = f"policies-unit-{uuid.uuid4().hex[:8]}"
     contract = TaskContract(name=name, queue="q", arguments=NoArguments, description="test", **policy)  # type: ignore[arg-type]
-    TASKS._contracts.pop(name)  # declared for this test only
+    TASKS.forget(name)  # declared for this test only
     return contract
 
 
