@@ -62,6 +62,7 @@ from dramatiq.errors import BrokerConnectionError, DecodeError
 from dramatiq.results import ResultFailure
 from dramatiq.results import ResultTimeout as DramatiqResultTimeout
 from opentelemetry.trace import TracerProvider
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
 from observability.tracing import Tracing
 from shared import cancellation
@@ -104,6 +105,10 @@ SEND_OPTIONS = frozenset({"delay", "eta", "priority"})
 
 #: How long TaskHandle.result() waits when no timeout is given, in seconds.
 DEFAULT_RESULT_TIMEOUT = 10.0
+
+#: What a publish raises while RabbitMQ cannot take it: retried, then PublishError. pika raises an
+#: AMQP handshake that timed out (its stack_timeout) as AMQPConnectorException, not AMQPError.
+PUBLISH_ERRORS = (BrokerConnectionError, pika.exceptions.AMQPError, AMQPConnectorException)
 
 #: Waits between publish attempts while RabbitMQ is unreachable (SEND_RETRY_TIMEOUT_SECONDS bounds them).
 SEND_BACKOFF = Backoff(first_delay=0.1, max_delay=1.0)
@@ -432,13 +437,13 @@ class Producer:
         try:
             retry_with_backoff(
                 publish,
-                retry_on=(BrokerConnectionError, pika.exceptions.AMQPError),
+                retry_on=PUBLISH_ERRORS,
                 timeout_seconds=self.settings.SEND_RETRY_TIMEOUT_SECONDS,
                 policy=SEND_BACKOFF,
                 on_failure=refuse_or_abandon,
                 on_retry=log_retry,
             )
-        except (BrokerConnectionError, pika.exceptions.AMQPError) as error:
+        except PUBLISH_ERRORS as error:
             raise PublishError(
                 f"could not publish {what} within "
                 f"{self.settings.SEND_RETRY_TIMEOUT_SECONDS:g}s: {outage_line(error)}"

@@ -44,6 +44,7 @@ import pika.exceptions
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.common import current_millis
 from dramatiq.errors import ConnectionClosed
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
 from shared import delays, pika_compat
 
@@ -99,7 +100,11 @@ class BatchPublisher:
             except BaseException:
                 _forget_confirm_channel(connection)  # in an unknown state: the next batch opens a new one
                 raise
-        except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as error:
+        except (
+            pika.exceptions.AMQPConnectionError,
+            pika.exceptions.AMQPChannelError,
+            AMQPConnectorException,  # pika raises its handshake's stack_timeout as this, not AMQPError
+        ) as error:
             del self.broker.connection  # the next attempt opens a fresh one
             raise ConnectionClosed(error) from None
 

@@ -62,7 +62,7 @@ def schedules_of(module: str | None, settings: Settings) -> list[Schedule] | str
         return load_schedules(settings)
     except (InvalidSchedule, InvalidContract, DuplicateTask) as error:
         return str(error)
-    except Exception as error:  # the module's own error, whatever it is: one line
+    except (Exception, SystemExit) as error:  # the module's own error, whatever it is: one line
         problem = excerpt(" ".join(str(error).split()))
         return f"cannot import module {module!r}: {type(error).__name__}: {problem}"
 

@@ -278,11 +278,12 @@ class Beat:
                 self._to_start.discard(schedule.name)
             cursor, published = self._send_due(schedule, cursors[schedule.name])
             cursors[schedule.name] = cursor
+            self._progressed()  # a long catch-up count is progress too (the lease is not let go)
             return published
         except REDIS_UNWRITABLE:
             raise  # Redis cannot write at all: an outage, not this schedule's state
         except redis.ResponseError as error:
-            if schedule.name not in self._to_start:
+            if schedule.name not in self._to_start and not str(error).startswith("DAMAGED"):
                 logger.warning(
                     "Redis refused a command for schedule %s (%s); reading its state again",
                     schedule.name, error, extra={"schedule": schedule.name},
@@ -366,7 +367,9 @@ class Beat:
             return cursor
         before = self.ledger.skip_to(schedule.name, last)
         if before is not None:  # this process moved the cursor: it counts them
-            counted, _ = ticks_in(schedule, before, last, most=MAX_COUNTED_TICKS)
+            counted = (
+                missed if before == cursor else ticks_in(schedule, before, last, most=MAX_COUNTED_TICKS)[0]
+            )
             first = iso_utc(next(ticks_after(schedule, before)))
             capped = schedule.cron is not None and counted >= MAX_COUNTED_TICKS
             self.metrics.ticks.labels(schedule=schedule.name, outcome="missed").inc(counted)
@@ -413,7 +416,7 @@ class Beat:
                 [message], f"tick {message.message_id}", confirm_timeout=self.confirm_timeout
             )
         except PublishError as error:
-            self._failed(schedule, tick, f"not published, trying again: {error}")
+            self._failed(schedule, tick, f"not confirmed by RabbitMQ, trying again: {error}")
             return "failed"
         self._sent(schedule, tick, message)
         return "sent"

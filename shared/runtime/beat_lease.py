@@ -26,13 +26,22 @@ LEASE_KEY = "greenroom-beat:leader"
 #: The share of the lease a leader counts on: it stops leading this much before the key expires.
 SAFETY_SHARE = 0.1
 
+_ACQUIRE = """
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'string' and kind ~= 'none' then redis.call('DEL', KEYS[1]) end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
 _RENEW = """
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'string' then return 0 end
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
 """
 _RELEASE = """
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'string' then return 0 end
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
@@ -56,6 +65,7 @@ class Lease:
         self.ttl_ms = round(ttl_seconds * 1000)
         self._clock = clock
         self._valid_until = -1.0
+        self._acquire = client.register_script(_ACQUIRE)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
 
@@ -71,9 +81,8 @@ class Lease:
         started = self._clock()
         if self.held():
             renewed = bool(self._renew(keys=[LEASE_KEY], args=[self.holder, self.ttl_ms]))
-        else:
-            renewed = bool(self.client.set(LEASE_KEY, self.holder, nx=True, px=self.ttl_ms))
-            renewed = renewed or bool(self._renew(keys=[LEASE_KEY], args=[self.holder, self.ttl_ms]))
+        else:  # take it (a key of another type is damage: replaced), or find it still ours
+            renewed = bool(self._acquire(keys=[LEASE_KEY], args=[self.holder, self.ttl_ms]))
         self._valid_until = started + self.ttl_ms / 1000 * (1 - SAFETY_SHARE) if renewed else -1.0
         return renewed
 

@@ -31,6 +31,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import redis
+
 from shared.runtime.beat_lease import LEASE_KEY
 
 #: How long a schedule's cursor is kept after its last change (400 days: a yearly schedule's too).
@@ -127,7 +129,14 @@ redis.call('PEXPIRE', KEYS[2], ARGV[3])
 return {'skipped', before}
 """
 )
+_HEARTBEAT_COMPLETED = """
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'string' and kind ~= 'none' then redis.call('DEL', KEYS[1]) end
+return redis.call('GET', KEYS[1])
+"""
 _RECORD_HEARTBEAT = """
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'string' and kind ~= 'none' then redis.call('DEL', KEYS[1]) end
 local known = redis.call('GET', KEYS[1])
 if known and string.match(known, '^%d+$') and tonumber(known) >= tonumber(ARGV[1]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
@@ -180,6 +189,7 @@ class TickLedger:
         self._settle_sent = client.register_script(_SETTLE_SENT)
         self._skip_to = client.register_script(_SKIP_TO)
         self._record_heartbeat = client.register_script(_RECORD_HEARTBEAT)
+        self._heartbeat_completed = client.register_script(_HEARTBEAT_COMPLETED)
         self._client = client
 
     def start(self, schedule: str, now_ms: int) -> ScheduleState:
@@ -239,16 +249,20 @@ class TickLedger:
 
     def publish_schedules(self, schedules: str) -> None:
         """Record what the leader sends (``schedules``: a line from ``schedule_set``)."""
+        self._client.delete(SCHEDULES_KEY)  # a key of another type too
         self._client.set(SCHEDULES_KEY, schedules, px=self.state_ttl_ms)
 
     def leaders_schedules(self) -> str | None:
         """What the leader said it sends, if it did."""
-        value = self._client.get(SCHEDULES_KEY)
+        try:
+            value = self._client.get(SCHEDULES_KEY)
+        except redis.ResponseError:  # a key of another type: the leader rewrites it
+            return None
         return None if value is None else _text(value)
 
     def heartbeat_completed(self) -> int | None:
         """The scheduled time (epoch ms) of the latest heartbeat a worker completed, if known."""
-        value = self._client.get(HEARTBEAT_COMPLETED_KEY)
+        value = self._heartbeat_completed(keys=[HEARTBEAT_COMPLETED_KEY])  # a damaged key: dropped
         text = _text(value) if value is not None else ""
         return int(text) if text.isdigit() and len(text) <= 15 else None
 

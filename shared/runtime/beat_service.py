@@ -10,6 +10,7 @@ lease over, closes its connections and flushes its spans; exit code 0. For examp
 from __future__ import annotations
 
 import logging
+import math
 import os
 import secrets
 import signal
@@ -17,8 +18,10 @@ import socket
 import threading
 from collections.abc import Sequence
 from types import FrameType
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
+from pydantic import SecretStr
 
 from observability.beat_metrics import BeatHealth, BeatMetrics
 from observability.exposition import ExpositionServer, make_server
@@ -46,11 +49,37 @@ def holder_id() -> str:
 def beat_settings(settings: Settings) -> Settings:
     """The settings the beat publishes with: one publish retries for a quarter of a lease at
     most (:func:`shared.runtime.beat.publish_budget_seconds`), so a process that lost its
-    lease meanwhile stops soon (the next attempt checks the lease first)."""
-    retry = min(settings.SEND_RETRY_TIMEOUT_SECONDS, publish_budget_seconds(settings.BEAT_LEASE_SECONDS))
+    lease meanwhile stops soon (the next attempt checks the lease first), on a RabbitMQ
+    connection that gives up as soon (:func:`beat_rabbitmq_url`)."""
+    budget = publish_budget_seconds(settings.BEAT_LEASE_SECONDS)
     return settings.model_copy(
-        update={"SEND_RETRY_TIMEOUT_SECONDS": retry, "PROCESS_TYPE": settings.PROCESS_TYPE or "beat"}
+        update={
+            "SEND_RETRY_TIMEOUT_SECONDS": min(settings.SEND_RETRY_TIMEOUT_SECONDS, budget),
+            "PROCESS_TYPE": settings.PROCESS_TYPE or "beat",
+            "RABBITMQ_URL": SecretStr(beat_rabbitmq_url(settings.rabbitmq_url, budget)),
+        }
     )
+
+
+def beat_rabbitmq_url(url: str, budget: float) -> str:
+    """``url`` with pika's timeouts no longer than ``budget`` where it sets none of its own: the
+    connection attempt, a RabbitMQ that blocks publishers, and the heartbeat, whose silence ends a
+    connection that stopped answering (pika would otherwise wait minutes to close it).
+
+    >>> beat_rabbitmq_url("amqp://guest:guest@rabbit:5672/%2F?heartbeat=30", 1.25)
+    'amqp://guest:guest@rabbit:5672/%2F?heartbeat=30&socket_timeout=1.25&stack_timeout=1.25&blocked_connection_timeout=1.25'
+    """
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    seconds = f"{budget:g}"
+    for name, value in (
+        ("heartbeat", str(max(1, math.ceil(budget)))),
+        ("socket_timeout", seconds),
+        ("stack_timeout", seconds),
+        ("blocked_connection_timeout", seconds),
+    ):
+        query.setdefault(name, value)
+    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 def run_beat(settings: Settings, schedules: Sequence[Schedule]) -> int:

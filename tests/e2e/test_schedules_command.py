@@ -68,6 +68,10 @@ BAD_MODULES = {
         'raise RuntimeError("no config\\nfor you")',
         "greenroom: error: cannot import module 'raises_at_import': RuntimeError: no config for you",
     ),
+    "exits_at_import": (
+        "import sys\nsys.exit(3)",
+        "greenroom: error: cannot import module 'exits_at_import': SystemExit: 3",
+    ),
     "declared_twice": (
         'Schedule(name="tests.twice", task="echo", kwargs={"payload": 1}, every=60)\n'
         'Schedule(name="tests.twice", task="fail", every=60)',

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import socket
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -11,7 +13,14 @@ import dramatiq
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from shared.errors import InvalidTaskArguments, ResultTimeout, ResultUnavailable, TaskFailed, UnknownTask
+from shared.errors import (
+    InvalidTaskArguments,
+    PublishError,
+    ResultTimeout,
+    ResultUnavailable,
+    TaskFailed,
+    UnknownTask,
+)
 from shared.producer import Producer
 from shared.settings import load_settings
 from tests.support import run_cli
@@ -156,3 +165,29 @@ def test_a_result_redis_cannot_give_raises_result_unavailable(
     finally:
         producer.close()
     assert "wrong-secret" not in str(raised.value)
+
+
+def test_a_rabbitmq_that_accepts_and_never_answers_is_a_publish_error(redis_url: str) -> None:
+    # Given a server that accepts connections and never says a word (a silent network path)
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    accepting = threading.Thread(target=lambda: held.append(listener.accept()[0]), daemon=True)
+    accepting.start()
+    port = listener.getsockname()[1]
+    settings = load_settings(
+        _env_file=None,
+        RABBITMQ_URL=f"amqp://guest:guest@127.0.0.1:{port}/%2F?stack_timeout=0.5&socket_timeout=0.5",
+        REDIS_URL=redis_url,
+        SEND_RETRY_TIMEOUT_SECONDS=1.0,
+    )
+    producer = Producer(settings, tracer_provider=TracerProvider())
+    try:
+        # When a task is sent there, Then the AMQP handshake's timeout is retried and ends as
+        # PublishError (pika raises it as AMQPConnectorException, not one of its AMQPErrors)
+        with pytest.raises(PublishError, match=r"within 1s: AMQPConnectorStackTimeout"):
+            producer.send("echo", payload=1)
+    finally:
+        producer.close()
+        listener.close()
+        for connection in held:
+            connection.close()
