@@ -47,10 +47,15 @@ MAX_CURSOR_AHEAD_MS = 3_600_000
 
 _LEADS = "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'not-leader'} end\n"
 
-#: A cursor or time the scripts accept from Redis: whole milliseconds since the epoch.
+#: What the scripts accept from Redis: a cursor or time is whole milliseconds since the epoch (not
+#: too far ahead); a key that should hold a string and holds another type is dropped.
 _VALID = """
 local function valid(value, ahead)
   return value and string.match(value, '^%d+$') and #value <= 15 and tonumber(value) <= tonumber(ahead)
+end
+local function strings_only(key)
+  local kind = redis.call('TYPE', key)['ok']
+  if kind ~= 'string' and kind ~= 'none' then redis.call('DEL', key) end
 end
 local function cursor_of(key, ahead)
   local kind = redis.call('TYPE', key)['ok']
@@ -86,7 +91,7 @@ _CLAIM = (
 local cursor = cursor_of(KEYS[2], ARGV[4])
 if type(cursor) == 'table' then return cursor end
 if cursor >= tonumber(ARGV[2]) then return {'settled'} end
-if redis.call('TYPE', KEYS[3])['ok'] ~= 'string' then redis.call('DEL', KEYS[3]) end
+strings_only(KEYS[3])
 local holder = redis.call('GET', KEYS[3])
 if not holder then
   redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[3])
@@ -104,9 +109,18 @@ redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[3])
 return {'claimed'}
 """
 )
-_SETTLE_SENT = """
+_SETTLE_SENT = (
+    _VALID
+    + """
+strings_only(KEYS[2])
 local holder = redis.call('GET', KEYS[2])
-local cursor = tonumber(redis.call('HGET', KEYS[1], 'cursor') or '-1')
+local kind = redis.call('TYPE', KEYS[1])['ok']
+local cursor = -1
+if kind == 'hash' and valid(redis.call('HGET', KEYS[1], 'cursor'), ARGV[5]) then
+  cursor = tonumber(redis.call('HGET', KEYS[1], 'cursor'))
+elseif kind ~= 'none' then
+  redis.call('DEL', KEYS[1])
+end
 if holder == ARGV[1] then redis.call('DEL', KEYS[2]) end
 if cursor < tonumber(ARGV[2]) then redis.call('HSET', KEYS[1], 'cursor', ARGV[2]) end
 redis.call('HSET', KEYS[1], 'sent_at', ARGV[3])
@@ -116,6 +130,7 @@ if holder then return 'taken-over' end
 if cursor >= tonumber(ARGV[2]) then return 'sent-before' end
 return 'sent'
 """
+)
 _SKIP_TO = (
     _LEADS
     + _VALID
@@ -129,19 +144,23 @@ redis.call('PEXPIRE', KEYS[2], ARGV[3])
 return {'skipped', before}
 """
 )
-_HEARTBEAT_COMPLETED = """
-local kind = redis.call('TYPE', KEYS[1])['ok']
-if kind ~= 'string' and kind ~= 'none' then redis.call('DEL', KEYS[1]) end
+_HEARTBEAT_COMPLETED = (
+    _VALID
+    + """
+strings_only(KEYS[1])
 return redis.call('GET', KEYS[1])
 """
-_RECORD_HEARTBEAT = """
-local kind = redis.call('TYPE', KEYS[1])['ok']
-if kind ~= 'string' and kind ~= 'none' then redis.call('DEL', KEYS[1]) end
+)
+_RECORD_HEARTBEAT = (
+    _VALID
+    + """
+strings_only(KEYS[1])
 local known = redis.call('GET', KEYS[1])
 if known and string.match(known, '^%d+$') and tonumber(known) >= tonumber(ARGV[1]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
+)
 
 
 #: The schedules the leader sends (:func:`shared.runtime.beat.schedule_set`), for followers to compare.
@@ -232,7 +251,7 @@ class TickLedger:
         ``"taken-over"``/``"sent-before"``: another process sent it too."""
         reply = self._settle_sent(
             keys=[schedule_key(schedule), claim_key(schedule, at_ms)],
-            args=[self.holder, at_ms, sent_at_ms, self.state_ttl_ms],
+            args=[self.holder, at_ms, sent_at_ms, self.state_ttl_ms, _ahead(at_ms)],
         )
         return _text(reply)
 

@@ -702,3 +702,30 @@ def test_a_beat_key_of_another_type_is_replaced_and_the_beat_leads(
     # Then it leads and sends
     assert beat.leader() == 1.0
     assert published_ids(rabbitmq_url) == ids(T0 + 10_000)
+
+
+@pytest.mark.parametrize("damage", ["a cursor of letters", "a list for the hash", "a hash for the claim"])
+def test_a_sent_tick_is_recorded_over_state_damaged_meanwhile(
+    client: redis.Redis[bytes], leases: tuple[Lease, Lease], damage: str
+) -> None:
+    # Given a tick claimed (and, say, published) by "a", which holds the lease
+    assert leases[0].held()
+    ledger = ledger_of(client, "a")
+    ledger.start(SCHEDULE, T0)
+    tick = T0 + 10_000
+    assert ledger.claim(SCHEDULE, tick) == ("claimed", None)
+
+    # When its state is damaged before "a" records the tick
+    if damage == "a cursor of letters":
+        client.hset(schedule_key(SCHEDULE), "cursor", "abc")
+    elif damage == "a list for the hash":
+        client.delete(schedule_key(SCHEDULE))
+        client.rpush(schedule_key(SCHEDULE), "x")
+    else:
+        client.delete(claim_key(SCHEDULE, tick))
+        client.hset(claim_key(SCHEDULE, tick), "x", "y")
+
+    # Then recording it still works, and leaves the cursor at the tick
+    assert ledger.settle_sent(SCHEDULE, tick, tick + 5) == "sent"
+    assert client.hget(schedule_key(SCHEDULE), "cursor") == str(tick).encode()
+    assert ledger.claim(SCHEDULE, tick) == ("settled", None)
