@@ -66,7 +66,8 @@ from shared.settings import Settings
 
 logger = logging.getLogger("greenroom.beat")
 
-#: Longest sleep of the loop: it looks at its lease and the clock at least this often.
+#: Longest sleep of the loop (and a quarter of a lease at most): it looks at its lease and the
+#: clock at least this often, and turns well within the lease the watchdog allows it.
 MAX_WAIT_SECONDS = 1.0
 #: Heartbeat ticks whose result the leader still looks for, at most.
 PENDING_HEARTBEATS = 32
@@ -150,6 +151,7 @@ class Beat:
         self.catchup_ms = settings.BEAT_CATCHUP_SECONDS * 1000
         self.takeover_grace = takeover_grace_seconds(settings.BEAT_LEASE_SECONDS)
         self.confirm_timeout = publish_budget_seconds(settings.BEAT_LEASE_SECONDS)
+        self.max_wait = min(MAX_WAIT_SECONDS, settings.BEAT_LEASE_SECONDS / 4)
         self._cursors: dict[str, int] | None = None  # while leading: each schedule's cursor
         self._to_start: set[str] = set()  # schedules whose state is read (or reset) again
         self._retry_at: dict[str, tuple[int, float]] = {}  # schedule -> (wall ms, last wait) after a failure
@@ -254,7 +256,7 @@ class Beat:
             if not self.lease.held():
                 self._step_down("lost its lease")
                 self._compare_schedules()
-                return MAX_WAIT_SECONDS
+                return self.max_wait
             cursors = self._cursors if self._cursors is not None else self._take_up()
             for schedule in self.schedules:
                 if stop.is_set() or not self.lease.held():
@@ -263,10 +265,10 @@ class Beat:
                     break  # a publish failed: RabbitMQ is the same for the others
         except NotLeader:
             self._step_down("another process leads")
-            return MAX_WAIT_SECONDS
+            return self.max_wait
         except redis.RedisError as error:
             logger.warning("Beat could not use Redis (%s); trying again.", outage_line(error))
-            return MAX_WAIT_SECONDS
+            return self.max_wait
         return self._until_next_tick()
 
     def _send_due_isolated(self, schedule: Schedule, cursors: dict[str, int]) -> bool:
@@ -498,10 +500,10 @@ class Beat:
 
     def _until_next_tick(self) -> float:
         if self._cursors is None:
-            return MAX_WAIT_SECONDS
+            return self.max_wait
         now_ms = self._now_ms()
         soonest = min((self._due(s, self._cursors[s.name]) for s in self.schedules), default=now_ms + 60_000)
-        return max(0.0, min(MAX_WAIT_SECONDS, (soonest - now_ms) / 1000))
+        return max(0.0, min(self.max_wait, (soonest - now_ms) / 1000))
 
     def _due(self, schedule: Schedule, cursor: int) -> int:
         """When the schedule next has something to do: its next tick, or its retry after a failure."""

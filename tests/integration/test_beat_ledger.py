@@ -729,3 +729,15 @@ def test_a_sent_tick_is_recorded_over_state_damaged_meanwhile(
     assert ledger.settle_sent(SCHEDULE, tick, tick + 5) == "sent"
     assert client.hget(schedule_key(SCHEDULE), "cursor") == str(tick).encode()
     assert ledger.claim(SCHEDULE, tick) == ("settled", None)
+
+
+def test_a_leader_with_nothing_due_waits_well_within_its_lease(beat_process: StartProcess) -> None:
+    # Given a leader with a 1 s lease and only a daily schedule (nothing to do for hours)
+    daily = Schedule(name="tests.daily", task="echo", kwargs={"payload": 1}, cron="0 3 * * *", declared=False)
+    beat = beat_process("a", FakeClock(T0 / 1000 + 1), [daily], BEAT_LEASE_SECONDS=1.0)
+    beat.beat._refresh_lease()
+
+    # When it turns, Then it sleeps a quarter of the lease at most: the watchdog, which lets the
+    # lease go after a lease without a turn, never takes an idle leader for a stuck one
+    assert beat.beat._turn(threading.Event()) == 0.25
+    assert beat.leader() == 1.0
