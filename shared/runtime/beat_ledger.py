@@ -84,13 +84,18 @@ redis.call('PEXPIRE', KEYS[2], ARGV[3])
 return {state, ARGV[2], ARGV[2]}
 """
 )
-_CLAIM = (
-    _LEADS
-    + _VALID
-    + """
+#: The start of a script about the tick ARGV[2] of the schedule KEYS[2]: done if it is settled.
+_UNSETTLED = """
 local cursor = cursor_of(KEYS[2], ARGV[4])
 if type(cursor) == 'table' then return cursor end
 if cursor >= tonumber(ARGV[2]) then return {'settled'} end
+"""
+
+_CLAIM = (
+    _LEADS
+    + _VALID
+    + _UNSETTLED
+    + """
 strings_only(KEYS[3])
 local holder = redis.call('GET', KEYS[3])
 if not holder then
@@ -134,10 +139,8 @@ return 'sent'
 _SKIP_TO = (
     _LEADS
     + _VALID
+    + _UNSETTLED
     + """
-local cursor = cursor_of(KEYS[2], ARGV[4])
-if type(cursor) == 'table' then return cursor end
-if cursor >= tonumber(ARGV[2]) then return {'settled'} end
 local before = redis.call('HGET', KEYS[2], 'cursor') or '-1'
 redis.call('HSET', KEYS[2], 'cursor', ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
